@@ -1,0 +1,588 @@
+"""MIDI folders -> a cached, split, memory-mapped token index (command `staria-data index`).
+
+Work is cut into fixed chunks of the sorted file list; each chunk is tokenized in a worker and
+written as its own shard file, so a rerun skips finished chunks and a SLURM array can split the
+chunks by `shard_index`/`num_shards`. A merge step then drops duplicate content, assigns splits
+and writes one folder per split, renamed into place only when complete. Layout: docs/data-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from staria.data.labels import LabelFormatError, PieceLabels, labels_path
+from staria.midi_io import FAMILIES, MidiReadError, read_notes
+from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle
+
+SPLITS = ("train", "val", "test")
+MIDI_SUFFIXES = (".mid", ".midi")
+NO_SECTION = 255
+COMPLETE_MARKER = "COMPLETE"
+INDEX_FORMAT_VERSION = 1
+
+
+class IncompleteIndexError(RuntimeError):
+    """A cache folder or shard set that a finished run would have completed, and did not."""
+
+
+class UnsafeLegacyCacheError(PermissionError):
+    """Refusal to unpickle a legacy cache without the flag that acknowledges pickle runs code."""
+
+
+class LabelAlignmentError(ValueError):
+    """Labels whose section timeline does not line up with the notes the tokenizer kept."""
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Everything that changes a cache's content; its hash (with the inputs) names the cache."""
+
+    mode: str = "real"
+    name: str = "midi"
+    limit: int = 0
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    use_labels: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction + self.test_fraction < 1:
+            raise ValueError(
+                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} "
+                "must lie in [0, 1)"
+            )
+
+
+@dataclass
+class IndexResult:
+    """Where a run put the cache and how much work it did (0 tokenized files when reused)."""
+
+    split_dirs: dict[str, Path]
+    report_path: Path
+    fingerprint: str
+    reused: bool
+    tokenized_files: int
+    num_chunks: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PieceRecord:
+    """One indexed piece: its source, content hash, labels and section spans in its sequence."""
+
+    path: str
+    sha256: str
+    num_tokens: int
+    form: str | None = None
+    style: dict[str, str | None] | None = None
+    sections: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelledSequence:
+    """A decoder sequence with section tokens, per-token section ids and `[start, end)` spans."""
+
+    ids: np.ndarray
+    section_ids: np.ndarray
+    sections: tuple[tuple[str, int, int], ...]
+
+
+def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]:
+    """Sorted MIDI files under the given folders (or the files themselves); first `limit` if > 0."""
+    files: set[Path] = set()
+    for source in map(Path, sources):
+        if source.is_file():
+            files.add(source.resolve())
+        elif source.is_dir():
+            files.update(
+                path.resolve()
+                for path in source.rglob("*")
+                if path.suffix.lower() in MIDI_SUFFIXES and path.is_file()
+            )
+        else:
+            raise FileNotFoundError(f"MIDI source {source} is neither a file nor a folder")
+    ordered = sorted(files)
+    return ordered[:limit] if limit > 0 else ordered
+
+
+def fingerprint(files: Sequence[Path], settings: IndexSettings) -> str:
+    """Hash of the file list (paths, sizes, mtimes, labels) and settings: the cache's identity."""
+    digest = hashlib.sha256(json.dumps([INDEX_FORMAT_VERSION, asdict(settings)]).encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        label = labels_path(path)
+        if settings.use_labels and label.is_file():
+            digest.update(f"{label}\0{label.stat().st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def cache_stem(settings: IndexSettings, key: str) -> str:
+    return f"dataset_{settings.mode}_{settings.name}_limit{settings.limit}_{key}"
+
+
+def split_of(sha256: str, settings: IndexSettings, label_split: str | None = None) -> str:
+    """The split of a source file: its label's split if given, else a uniform draw from its hash.
+
+    Hashing the content keeps the assignment stable under renames and identical on every node.
+    """
+    if label_split is not None:
+        return label_split
+    draw = int(sha256[:16], 16) / 2**64
+    if draw < settings.test_fraction:
+        return "test"
+    if draw < settings.test_fraction + settings.val_fraction:
+        return "val"
+    return "train"
+
+
+class TokenLayout:
+    """Per-id lookups the labelled-sequence builder needs, built once per tokenizer."""
+
+    def __init__(self, tokenizer: MusicTokenizerWithStyle) -> None:
+        self.tokenizer = tokenizer
+        self.note_length = np.array(
+            [
+                (2 if token[0] == "drum" else 3)
+                if isinstance(token, tuple) and token[0] in FAMILIES
+                else 0
+                for token in tokenizer.vocab
+            ],
+            dtype=np.int64,
+        )
+        self.section_id = {
+            letter: tokenizer.token_to_id[tokenizer.section_token(letter)]
+            for letter in SECTION_LETTERS
+        }
+
+    def labelled_sequence(
+        self, ids: np.ndarray, onset_seconds: np.ndarray, labels: PieceLabels
+    ) -> LabelledSequence:
+        """`[prefix..., <FORM>, <S>, <A_SECTION>, A notes..., <B_SECTION>, ..., <E>]`.
+
+        Time-shift tokens before a note travel with it, so a section token precedes them.
+        Notes outside every labelled section join the section before them.
+        """
+        tok = self.tokenizer
+        bos_at = int(np.flatnonzero(ids == tok.bos_id)[0])
+        has_eos = ids[-1] == tok.eos_id
+        body = ids[bos_at + 1 : len(ids) - int(has_eos)]
+        note_pos = np.flatnonzero(self.note_length[body] > 0)
+        if len(note_pos) != len(onset_seconds):
+            raise LabelAlignmentError(
+                f"{len(note_pos)} note tokens but {len(onset_seconds)} notes with onsets"
+            )
+        raw = labels.section_of_onsets(onset_seconds)
+        inside = np.flatnonzero(raw >= 0)
+        if len(inside) == 0:
+            raise LabelAlignmentError("no note falls inside any labelled section")
+        last_inside = np.maximum.accumulate(np.where(raw >= 0, np.arange(len(raw)), -1))
+        occurrence = raw[np.where(last_inside < 0, inside[0], last_inside)]
+        opens = np.flatnonzero(np.diff(occurrence, prepend=-1) != 0)
+        previous = note_pos[np.maximum(opens - 1, 0)]
+        insert_at = np.where(opens == 0, 0, previous + self.note_length[body[previous]])
+        letters = [labels.sections[occurrence[note]].letter for note in opens]
+        new_body = np.insert(body, insert_at, [self.section_id[letter] for letter in letters])
+        head = np.concatenate([ids[:bos_at], [tok.token_to_id[tok.form_token(labels.form)]]])
+        head = np.concatenate([head, [tok.bos_id]])
+        tail = np.array([tok.eos_id] if has_eos else [], dtype=np.int64)
+        sequence = np.concatenate([head, new_body, tail]).astype(np.int64)
+        marks = len(head) + insert_at + np.arange(len(insert_at))
+        ends = np.append(marks[1:], len(head) + len(new_body))
+        section_ids = np.full(len(sequence), NO_SECTION, dtype=np.uint8)
+        spans = []
+        for letter, mark, end in zip(letters, marks, ends, strict=True):
+            section_ids[mark:end] = SECTION_LETTERS.index(letter)
+            spans.append((letter, int(mark) + 1, int(end)))
+        return LabelledSequence(sequence, section_ids, tuple(spans))
+
+
+def _index_file(
+    path: Path, layout: TokenLayout, use_labels: bool
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Record, token ids and section ids of one file; raises on any unusable input."""
+    data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    notes = read_notes(data)
+    ids = layout.tokenizer.notes_to_ids(notes)
+    label_file = labels_path(path)
+    record = {"path": str(path), "sha256": sha256, "form": None, "style": None, "split": None}
+    if not (use_labels and label_file.is_file()):
+        return record, ids, np.full(len(ids), NO_SECTION, dtype=np.uint8)
+    labels = PieceLabels.load(label_file)
+    sequence = layout.labelled_sequence(ids, notes.start_ms / 1000.0, labels)
+    record.update(form=labels.form, style=labels.style, split=labels.split)
+    record["sections"] = [list(span) for span in sequence.sections]
+    return record, sequence.ids, sequence.section_ids
+
+
+def index_chunk(chunk_id: int, paths: Sequence[str], work_dir: str, use_labels: bool) -> int:
+    """Tokenize one chunk into `chunk-<id>.npz` + `.json` (written last, the chunk's marker)."""
+    layout = TokenLayout(MusicTokenizerWithStyle())
+    records, token_parts, section_parts = [], [], []
+    for path in map(Path, paths):
+        try:
+            record, ids, section_ids = _index_file(path, layout, use_labels)
+        except (MidiReadError, LabelFormatError, LabelAlignmentError, OSError) as error:
+            reason = error.reason if isinstance(error, MidiReadError) else str(error)
+            records.append({"path": str(path), "error": f"{type(error).__name__}: {reason}"})
+            continue
+        record["num_tokens"] = len(ids)
+        records.append(record)
+        token_parts.append(ids.astype(np.uint16))
+        section_parts.append(section_ids)
+    stem = Path(work_dir) / f"chunk-{chunk_id:06d}"
+    empty = np.zeros(0, dtype=np.uint16)
+    with open(f"{stem}.npz.tmp", "wb") as handle:
+        np.savez(
+            handle,
+            tokens=np.concatenate(token_parts) if token_parts else empty,
+            section_ids=np.concatenate(section_parts) if section_parts else empty.astype(np.uint8),
+        )
+    os.replace(f"{stem}.npz.tmp", f"{stem}.npz")
+    Path(f"{stem}.json.tmp").write_text(json.dumps(records))
+    os.replace(f"{stem}.json.tmp", f"{stem}.json")
+    return len(paths)
+
+
+def _chunks(files: Sequence[Path], chunk_size: int) -> list[list[str]]:
+    return [[str(p) for p in files[i : i + chunk_size]] for i in range(0, len(files), chunk_size)]
+
+
+def _run_chunks(
+    todo: list[tuple[int, list[str]]],
+    work_dir: Path,
+    use_labels: bool,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Tokenize chunks in-process (one worker) or across a process pool; returns files done."""
+    done = 0
+    if workers <= 1:
+        for chunk_id, paths in todo:
+            done += index_chunk(chunk_id, paths, str(work_dir), use_labels)
+            if progress:
+                progress(len(paths))
+        return done
+    # forkserver: workers start clean even when the caller holds threads (torch, a DataLoader).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["staria.data.preprocess"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(index_chunk, chunk_id, paths, str(work_dir), use_labels)
+            for chunk_id, paths in todo
+        ]
+        for future in as_completed(futures):
+            count = future.result()
+            done += count
+            if progress:
+                progress(count)
+    return done
+
+
+def build_index(
+    sources: Sequence[str | Path],
+    cache_root: str | Path,
+    settings: IndexSettings = IndexSettings(),
+    workers: int | None = None,
+    chunk_size: int = 64,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> IndexResult | None:
+    """Index MIDI under `sources` into `cache_root`, reusing a complete cache of the same inputs.
+
+    With `num_shards > 1` this process only tokenizes chunks `shard_index::num_shards` and
+    returns None; `merge_index` (run once all shards finished) writes the splits.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} outside [0, num_shards={num_shards})")
+    cache_root = Path(cache_root)
+    files = scan_midi_files(sources, settings.limit)
+    key = fingerprint(files, settings)
+    stem = cache_stem(settings, key)
+    split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
+    report_path = cache_root / f"{stem}_report.json"
+    chunks = _chunks(files, chunk_size)
+    if all((folder / COMPLETE_MARKER).is_file() for folder in split_dirs.values()):
+        return IndexResult(split_dirs, report_path, key, True, 0, len(chunks), _counts(split_dirs))
+    work_dir = cache_root / f".work_{stem}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(work_dir / "plan.json", {"chunk_size": chunk_size, "num_chunks": len(chunks)})
+    todo = [
+        (chunk_id, paths)
+        for chunk_id, paths in enumerate(chunks)
+        if chunk_id % num_shards == shard_index
+        and not (work_dir / f"chunk-{chunk_id:06d}.json").is_file()
+    ]
+    workers = workers or os.cpu_count() or 1
+    tokenized = _run_chunks(todo, work_dir, settings.use_labels, min(workers, len(todo)), progress)
+    if num_shards > 1:
+        return None
+    result = merge_index(sources, cache_root, settings)
+    result.tokenized_files = tokenized
+    return result
+
+
+def merge_index(
+    sources: Sequence[str | Path], cache_root: str | Path, settings: IndexSettings = IndexSettings()
+) -> IndexResult:
+    """Combine finished chunk shards into the split folders and the skip report.
+
+    Streams chunk by chunk into preallocated memory-mapped arrays, so memory stays bounded by
+    one chunk however many files there are.
+    """
+    cache_root = Path(cache_root)
+    files = scan_midi_files(sources, settings.limit)
+    key = fingerprint(files, settings)
+    stem = cache_stem(settings, key)
+    work_dir = cache_root / f".work_{stem}"
+    split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
+    report_path = cache_root / f"{stem}_report.json"
+    plan_path = work_dir / "plan.json"
+    if not plan_path.is_file():
+        raise IncompleteIndexError(f"{work_dir}: no shard has started; run `staria-data index`")
+    num_chunks = json.loads(plan_path.read_text())["num_chunks"]
+    chunk_stems = [work_dir / f"chunk-{i:06d}" for i in range(num_chunks)]
+    missing = [s.name for s in chunk_stems if not s.with_suffix(".json").is_file()]
+    if missing:
+        raise IncompleteIndexError(
+            f"{work_dir}: {len(missing)} of {num_chunks} chunks unfinished (first: {missing[0]}); "
+            "run the remaining shards of `staria-data index` first"
+        )
+    plan = _merge_plan(chunk_stems, settings)
+    with _SplitWriters(split_dirs, plan, settings, key) as writers:
+        for chunk_stem, kept in zip(chunk_stems, plan.kept_per_chunk, strict=True):
+            if not kept:
+                continue
+            with np.load(chunk_stem.with_suffix(".npz")) as arrays:
+                tokens, section_ids = arrays["tokens"], arrays["section_ids"]
+            for record, start, split in kept:
+                end = start + record["num_tokens"]
+                writers.append(split, record, tokens[start:end], section_ids[start:end])
+    _write_json(report_path, plan.report(key, settings, len(files)))
+    shutil.rmtree(work_dir)
+    return IndexResult(split_dirs, report_path, key, False, 0, num_chunks, _counts(split_dirs))
+
+
+@dataclass
+class _MergePlan:
+    """Which records each chunk contributes to which split, and what was left out and why."""
+
+    kept_per_chunk: list[list[tuple[dict, int, str]]]
+    tokens_per_split: dict[str, int]
+    pieces_per_split: dict[str, int]
+    labelled_splits: set[str]
+    skipped: list[dict]
+    duplicates: list[dict]
+
+    def report(self, key: str, settings: IndexSettings, num_files: int) -> dict:
+        return {
+            "fingerprint": key,
+            "settings": asdict(settings),
+            "files_found": num_files,
+            "pieces": self.pieces_per_split,
+            "tokens": self.tokens_per_split,
+            "skipped": self.skipped,
+            "duplicates": self.duplicates,
+        }
+
+
+def _merge_plan(chunk_stems: Sequence[Path], settings: IndexSettings) -> _MergePlan:
+    """First occurrence (in sorted path order) of each content hash wins; errors are reported."""
+    seen: dict[str, str] = {}
+    plan = _MergePlan([], dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0), set(), [], [])
+    for chunk_stem in chunk_stems:
+        kept, offset = [], 0
+        for record in json.loads(chunk_stem.with_suffix(".json").read_text()):
+            if "error" in record:
+                plan.skipped.append({"path": record["path"], "reason": record["error"]})
+                continue
+            start, offset = offset, offset + record["num_tokens"]
+            if record["sha256"] in seen:
+                plan.duplicates.append(
+                    {"path": record["path"], "duplicate_of": seen[record["sha256"]]}
+                )
+                continue
+            seen[record["sha256"]] = record["path"]
+            split = split_of(record["sha256"], settings, record["split"])
+            kept.append((record, start, split))
+            plan.tokens_per_split[split] += record["num_tokens"]
+            plan.pieces_per_split[split] += 1
+            if record["form"] is not None:
+                plan.labelled_splits.add(split)
+        plan.kept_per_chunk.append(kept)
+    return plan
+
+
+class _SplitWriters:
+    """Fills each split's arrays in a temp folder; on success marks and renames it into place."""
+
+    def __init__(
+        self, split_dirs: dict[str, Path], plan: _MergePlan, settings: IndexSettings, key: str
+    ) -> None:
+        self.split_dirs, self.plan, self.settings, self.key = split_dirs, plan, settings, key
+        self.temp_dirs = {
+            s: d.with_name(f".tmp-{os.getpid()}-{d.name}") for s, d in split_dirs.items()
+        }
+        self.cursor = dict.fromkeys(SPLITS, 0)
+        self.pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
+
+    def __enter__(self) -> _SplitWriters:
+        self.tokens, self.section_ids, self.offsets = {}, {}, {}
+        for split, temp in self.temp_dirs.items():
+            for stale in temp.parent.glob(f".tmp-*-{self.split_dirs[split].name}"):
+                shutil.rmtree(stale)
+            temp.mkdir(parents=True)
+            total = self.plan.tokens_per_split[split]
+            self.tokens[split] = np.lib.format.open_memmap(
+                temp / "tokens.npy", mode="w+", dtype=np.uint16, shape=(total,)
+            )
+            if split in self.plan.labelled_splits:
+                self.section_ids[split] = np.lib.format.open_memmap(
+                    temp / "section_ids.npy", mode="w+", dtype=np.uint8, shape=(total,)
+                )
+            self.offsets[split] = [0]
+        return self
+
+    def append(self, split: str, record: dict, tokens: np.ndarray, section_ids: np.ndarray) -> None:
+        start = self.cursor[split]
+        self.cursor[split] = start + len(tokens)
+        self.tokens[split][start : self.cursor[split]] = tokens
+        if split in self.section_ids:
+            self.section_ids[split][start : self.cursor[split]] = section_ids
+        self.offsets[split].append(self.cursor[split])
+        self.pieces[split].append(
+            {k: record.get(k) for k in ("path", "sha256", "num_tokens", "form", "style")}
+            | {"sections": record.get("sections", [])}
+        )
+
+    def __exit__(self, error_type: type | None, *_: object) -> None:
+        if error_type is not None:
+            for temp in self.temp_dirs.values():
+                shutil.rmtree(temp, ignore_errors=True)
+            return
+        for split, temp in self.temp_dirs.items():
+            self.tokens[split].flush()
+            if split in self.section_ids:
+                self.section_ids[split].flush()
+            np.save(temp / "offsets.npy", np.asarray(self.offsets[split], dtype=np.int64))
+            _write_json(
+                temp / "index.json",
+                {
+                    "format_version": INDEX_FORMAT_VERSION,
+                    "split": split,
+                    "fingerprint": self.key,
+                    "settings": asdict(self.settings),
+                    "num_pieces": len(self.pieces[split]),
+                    "num_tokens": self.cursor[split],
+                    "pieces": self.pieces[split],
+                },
+            )
+            (temp / COMPLETE_MARKER).write_text("complete\n")
+            final = self.split_dirs[split]
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(temp, final)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(payload, indent=1))
+    os.replace(temp, path)
+
+
+def _counts(split_dirs: dict[str, Path]) -> dict[str, int]:
+    return {
+        split: json.loads((folder / "index.json").read_text())["num_pieces"]
+        for split, folder in split_dirs.items()
+    }
+
+
+class CachedSplit:
+    """Read side of one split folder: memory-mapped tokens, offsets, section ids, piece records.
+
+    Arrays open lazily and are not pickled, so DataLoader workers each map the files themselves.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if not (self.folder / COMPLETE_MARKER).is_file():
+            raise IncompleteIndexError(f"{self.folder} has no {COMPLETE_MARKER} marker")
+        index = json.loads((self.folder / "index.json").read_text())
+        self.split: str = index["split"]
+        self.pieces = [
+            PieceRecord(
+                p["path"],
+                p["sha256"],
+                p["num_tokens"],
+                p["form"],
+                p["style"],
+                tuple((s[0], s[1], s[2]) for s in p["sections"]),
+            )
+            for p in index["pieces"]
+        ]
+        self.offsets = np.load(self.folder / "offsets.npy")
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_tokens", None)
+        state.pop("_section_ids", None)
+        return state
+
+    @cached_property
+    def _tokens(self) -> np.ndarray:
+        return np.load(self.folder / "tokens.npy", mmap_mode="r")
+
+    @cached_property
+    def _section_ids(self) -> np.ndarray | None:
+        path = self.folder / "section_ids.npy"
+        return np.load(path, mmap_mode="r") if path.is_file() else None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def tokens(self, piece: int) -> np.ndarray:
+        """Token ids of one piece as int64 (a copy, safe to modify)."""
+        return self._tokens[self.offsets[piece] : self.offsets[piece + 1]].astype(np.int64)
+
+    def section_ids(self, piece: int) -> np.ndarray:
+        """Per-token section letter index (0 = A), `NO_SECTION` where the piece has no label."""
+        if self._section_ids is None:
+            return np.full(self.lengths[piece], NO_SECTION, dtype=np.uint8)
+        return np.asarray(self._section_ids[self.offsets[piece] : self.offsets[piece + 1]])
+
+
+def iter_legacy_path_list(
+    pkl_path: str | Path, *, allow_pickle_legacy_cache_runs_code: bool = False
+) -> Iterator[Path]:
+    """MIDI paths from an original-project `.pkl` path list (a list, or a dict of split -> list).
+
+    Unpickling executes whatever code the file names, so it is refused unless the caller sets
+    the flag, which says so.
+    """
+    if not allow_pickle_legacy_cache_runs_code:
+        raise UnsafeLegacyCacheError(
+            f"{pkl_path}: loading a pickle runs arbitrary code; pass "
+            "allow_pickle_legacy_cache_runs_code=True only for files you trust"
+        )
+    with open(pkl_path, "rb") as handle:
+        content = pickle.load(handle)
+    groups = content.values() if isinstance(content, dict) else [content]
+    for group in groups:
+        yield from (Path(path) for path in group)
