@@ -1,0 +1,183 @@
+"""Structure metrics on hand-built token sequences whose values can be worked out on paper."""
+
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
+from staria.evaluation.samples import GeneratedSample
+from staria.evaluation.structure_metrics import (
+    jensen_shannon_distance,
+    section_similarities,
+    structure_metrics,
+    texture,
+)
+from staria.midi_io import NoteTable, read_notes
+from staria.tokenizer import SEGMENT_MS, MusicTokenizerWithStyle
+
+# Three rising notes, 500 ms apart (A), and a repeated D at the same pace (B).
+A_NOTES = [(60, 0, 500), (64, 500, 500), (67, 1000, 500)]
+B_NOTES = [(62, 0, 500), (62, 500, 500), (62, 1000, 500)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> MusicTokenizerWithStyle:
+    return MusicTokenizerWithStyle()
+
+
+@pytest.fixture(scope="module")
+def table(tokenizer) -> TokenTable:
+    return TokenTable.from_tokenizer(tokenizer)
+
+
+def sequence_ids(tokenizer, sections, form=None, eos=True) -> list[int]:
+    """Decoder ids for `sections` = [(letter, [(pitch, onset_ms, dur_ms), ...]), ...]; onsets are
+    relative to their section, which starts 500 ms after the previous section's last note ends."""
+    tokens = [("prefix", "instrument", "piano")]
+    tokens += [tokenizer.form_token(form)] if form else []
+    tokens.append("<S>")
+    segment, section_start = 0, 0
+    for letter, notes in sections:
+        tokens.append(tokenizer.section_token(letter))
+        for pitch, onset, duration in notes:
+            absolute = section_start + onset
+            while absolute >= (segment + 1) * SEGMENT_MS:
+                tokens.append("<T>")
+                segment += 1
+            tokens += [("piano", pitch, 80), ("onset", absolute % SEGMENT_MS), ("dur", duration)]
+        section_start += max(onset + duration for _, onset, duration in notes) + 500
+    tokens += ["<E>"] if eos else []
+    return tokenizer.encode(tokens)
+
+
+def sample(ids, midi_path: Path, form=None, eos=True) -> GeneratedSample:
+    return GeneratedSample(
+        name=midi_path.stem,
+        midi_path=midi_path,
+        form=form,
+        style=None,
+        token_ids=tuple(ids),
+        prompt_ids=(),
+        ended_with_eos=eos,
+    )
+
+
+def write_midi(path: Path, notes) -> Path:
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    piano.notes = [pretty_midi.Note(80, p, s / 1000, (s + d) / 1000) for p, s, d in notes]
+    midi.instruments.append(piano)
+    midi.write(str(path))
+    return path
+
+
+def read_notes_from(notes):
+    pitch, start, duration = (
+        np.array(column, dtype=np.float64) for column in zip(*notes, strict=True)
+    )
+    return NoteTable(
+        family=np.zeros(len(pitch), dtype=np.int64),
+        pitch=pitch.astype(np.int64),
+        velocity=np.full(len(pitch), 80),
+        start_ms=start,
+        end_ms=start + duration,
+    )
+
+
+def test_decoding_follows_time_tokens_and_sections(tokenizer, table):
+    late = [(60, 0, 100), (62, 6000, 250)]  # the second note crosses one <T>
+    piece = sectioned_notes(sequence_ids(tokenizer, [("A", late), ("B", [(70, 0, 10)])]), table)
+    assert piece.letters == ("A", "B")
+    np.testing.assert_array_equal(piece.notes.start_ms, [0, 6000, 6750])
+    np.testing.assert_array_equal(piece.notes.end_ms, [100, 6250, 6760])
+    np.testing.assert_array_equal(piece.notes.pitch, [60, 62, 70])
+    np.testing.assert_array_equal(piece.note_section, [0, 0, 1])
+
+
+def test_decoding_stops_at_the_first_end_token(tokenizer, table):
+    ids = sequence_ids(tokenizer, [("A", A_NOTES)]) + sequence_ids(tokenizer, [("B", B_NOTES)])
+    piece = sectioned_notes(ids, table)
+    assert piece.letters == ("A",) and len(piece.notes) == 3
+
+
+def test_label_token_ids_are_the_form_and_section_tokens(tokenizer, table):
+    hidden = tokenizer.decode(table.ids_of(TokenKind.FORM, TokenKind.SECTION).tolist())
+    sections = [f"<{letter}_SECTION>" for letter in "ABCD"]
+    forms = ["<A>", "<AB>", "<ABC>", "<ABA>", "<ABAB>", "<ABAC>", "<ABCA>", "<ABCB>", "<ABCD>"]
+    assert sorted(hidden) == sorted(sections + forms)
+
+
+def test_identical_repeat_scores_one_and_new_letter_scores_shared_rhythm_only(tokenizer, table):
+    ids = sequence_ids(tokenizer, [("A", A_NOTES), ("B", B_NOTES), ("A", A_NOTES)], form="ABA")
+    same, different = section_similarities(sectioned_notes(ids, table))
+    # Profiles: A = pitch classes 1/3 x3, intervals +4,+3 at 1/2, IOI and duration bins at 1;
+    # B = one pitch class, interval 0, the same IOI and duration bins. Only rhythm overlaps.
+    cosine_ab = 2 / np.sqrt((3 / 9 + 2 / 4 + 2) * 4)
+    np.testing.assert_allclose(same, [1.0])
+    np.testing.assert_allclose(different, [cosine_ab, cosine_ab])  # B vs A, second A vs B
+
+
+def test_texture_of_a_silent_gap_and_of_a_chord():
+    gap = texture(read_notes_from([(60, 0, 1000), (62, 2000, 1000)]))
+    assert gap.silence_ratio == pytest.approx(1 / 3)
+    assert gap.polyphony == pytest.approx(1.0)
+    assert gap.note_density == pytest.approx(2 / 3)
+    chord = texture(
+        read_notes_from([(60, 0, 1000), (64, 0, 1000), (67, 0, 1000), (72, 1000, 1000)])
+    )
+    assert chord.silence_ratio == pytest.approx(0.0)
+    assert chord.polyphony == pytest.approx((3 * 1000 + 1 * 1000) / 2000)
+    assert chord.note_density == pytest.approx(2.0)
+
+
+def test_jensen_shannon_distance_known_values():
+    assert jensen_shannon_distance(np.array([3.0, 1.0]), np.array([6.0, 2.0])) == pytest.approx(0.0)
+    assert jensen_shannon_distance(np.array([1.0, 0.0]), np.array([0.0, 5.0])) == pytest.approx(1.0)
+    # p = (1, 0), q = (1/2, 1/2), mean = (3/4, 1/4)
+    divergence = (np.log2(4 / 3) + 0.5 * np.log2(2 / 3) + 0.5 * np.log2(2)) / 2
+    assert jensen_shannon_distance(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(
+        np.sqrt(divergence)
+    )
+
+
+def test_structure_metrics_over_a_set(tokenizer, table, tmp_path):
+    aba = sequence_ids(tokenizer, [("A", A_NOTES), ("B", B_NOTES), ("A", A_NOTES)], form="ABA")
+    ab_cut = sequence_ids(tokenizer, [("A", A_NOTES), ("B", B_NOTES)], form="ABA", eos=False)
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(b"MThd not really")
+    samples = [
+        sample(aba, write_midi(tmp_path / "aba.mid", A_NOTES), form="ABA"),
+        sample(ab_cut, write_midi(tmp_path / "cut.mid", A_NOTES), form="ABA", eos=False),
+        sample(aba, broken, form="ABA"),
+        sample(aba, tmp_path / "missing.mid", form=None),
+    ]
+    reference = [read_notes_from(A_NOTES)]
+    metrics = structure_metrics(samples, table, reference=reference)
+    assert metrics.num_samples == 4
+    assert metrics.eos_fraction == 0.75
+    assert metrics.valid_midi_fraction == 0.5
+    assert metrics.complete_fraction == 0.25
+    assert metrics.form_match_fraction == pytest.approx(2 / 3)  # the 4th asked for no form
+    cosine_ab = 2 / np.sqrt((3 / 9 + 2 / 4 + 2) * 4)
+    assert metrics.section_similarity_same == pytest.approx(1.0)
+    assert metrics.section_similarity_different == pytest.approx(cosine_ab)
+    assert metrics.section_similarity_gap == pytest.approx(1.0 - cosine_ab)
+    # ABA: notes over 0-1.5 s, 2-3.5 s, 4-5.5 s (1 s of 5.5 s silent); the cut AB: 0.5 s of 3.5 s.
+    assert metrics.silence_ratio == pytest.approx((3 * (1 / 5.5) + 0.5 / 3.5) / 4)
+    assert metrics.polyphony == pytest.approx(1.0)
+    assert metrics.duration_js == pytest.approx(0.0)
+    assert metrics.inter_onset_js > 0  # 2 s gaps between sections exist only in the samples
+    assert 0 < metrics.pitch_class_js < 1
+    assert set(metrics.as_dict()) >= {"section_similarity_gap", "note_density"}
+
+
+def test_tokenized_real_piece_is_close_to_itself(tokenizer, table, shared_midi_dir):
+    path = shared_midi_dir / "aria-example-prompts" / "nocturne.mid"
+    generated = sample(tokenizer.tokenize_ids(path).tolist(), path)
+    metrics = structure_metrics([generated], table, reference=[read_notes(path)])
+    assert metrics.pitch_class_js < 0.02
+    assert metrics.duration_js < 0.1
+    assert metrics.valid_midi_fraction == 1.0
+    assert metrics.section_similarity_same is None  # no section tokens, nothing to compare
