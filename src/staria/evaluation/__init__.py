@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics, data statistics and reports on datasets and generated samples."""
