@@ -1,0 +1,256 @@
+"""Per-task views of a cached split: what one training example is for each task.
+
+Items are dicts of numpy arrays (and scalars) that `staria.data.collate.Collator` pads into
+the batch contract of docs/architecture.md. Randomness (crop windows, snippet choice,
+augmentation) is drawn from a generator seeded by `(seed, index)`, so an item is the same on
+every run, worker and rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from staria.data.preprocess import NO_SECTION, CachedSplit, PieceRecord, TokenLayout
+from staria.tokenizer import COMPOSERS, FORMS, GENRES, PIECE_FORMS, SECTION_LETTERS
+
+IGNORE_INDEX = -100
+STYLE_VOCABULARIES: dict[str, tuple[str, ...]] = {
+    "composer": COMPOSERS,
+    "form": PIECE_FORMS,
+    "genre": GENRES,
+}
+MAX_SECTIONS = len(SECTION_LETTERS)
+
+Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SequenceSettings:
+    """Lengths every task shares; a snippet is a section token plus up to `snippet_len` tokens."""
+
+    snippet_len: int = 256
+    max_snippets: int = 4
+    max_seq_len: int = 4096
+
+
+class PieceSource:
+    """A cached split plus the token ids and lookups the tasks need to cut it up."""
+
+    def __init__(self, split: CachedSplit, layout: TokenLayout) -> None:
+        self.split = split
+        self.layout = layout
+        tok = layout.tokenizer
+        self.bos_id, self.eos_id, self.pad_id = tok.bos_id, tok.eos_id, tok.pad_id
+        self.prompt_start_id = tok.token_to_id[tok.prompt_start]
+        self.prompt_end_id = tok.token_to_id[tok.prompt_end]
+        self.structure_ids = np.array(
+            [*layout.section_id.values(), *(tok.token_to_id[tok.form_token(f)] for f in FORMS)]
+        )
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def record(self, piece: int) -> PieceRecord:
+        return self.split.pieces[piece]
+
+    def body_start(self, ids: np.ndarray) -> int:
+        """Index just after `<S>`: everything before is the prefix every crop keeps."""
+        return int(np.flatnonzero(ids == self.bos_id)[0]) + 1
+
+    def sections(self, piece: int, ids: np.ndarray) -> tuple[tuple[str, int, int], ...]:
+        """The piece's `(letter, start, end)` spans; an unlabelled piece is one A section.
+
+        Treating unlabelled music as a single A section lets real MIDI without form labels
+        train the generative models (its opening becomes the one snippet) and contrastive views.
+        """
+        labelled = self.record(piece).sections
+        if labelled:
+            return labelled
+        end = len(ids) - int(ids[-1] == self.eos_id)
+        return (("A", self.body_start(ids), end),)
+
+    def note_starts(self, ids: np.ndarray, low: int, high: int) -> np.ndarray:
+        """Positions in `[low, high)` where a note begins: the only clean places to cut."""
+        return low + np.flatnonzero(self.layout.note_length[ids[low:high]] > 0)
+
+    def window_start(self, ids: np.ndarray, low: int, high: int, length: int, rng) -> int:
+        """Start of a `length`-token window inside `[low, high)`, at a random note start."""
+        if high - low <= length:
+            return low
+        starts = self.note_starts(ids, low, high - length + 1)
+        return int(rng.choice(starts)) if len(starts) else int(rng.integers(low, high - length + 1))
+
+    def window(self, ids: np.ndarray, low: int, high: int, length: int, rng) -> np.ndarray:
+        start = self.window_start(ids, low, high, length, rng)
+        return ids[start : min(high, start + length)]
+
+    def crop_positions(self, ids: np.ndarray, max_len: int, rng) -> np.ndarray:
+        """Positions of at most `max_len` tokens: the prefix through `<S>` plus a random window."""
+        if len(ids) <= max_len:
+            return np.arange(len(ids))
+        head = self.body_start(ids)
+        start = self.window_start(ids, head, len(ids), max_len - head, rng)
+        return np.concatenate([np.arange(head), np.arange(start, start + max_len - head)])
+
+    def snippets(self, piece: int, ids: np.ndarray, settings: SequenceSettings) -> list[np.ndarray]:
+        """For each form letter (first-appearance order): its section token and the opening of
+        its first occurrence, at most `snippet_len` tokens."""
+        snippets, seen = [], set()
+        for letter, start, end in self.sections(piece, ids):
+            if letter in seen or len(snippets) == settings.max_snippets:
+                continue
+            seen.add(letter)
+            opening = ids[start : min(end, start + settings.snippet_len)]
+            snippets.append(np.concatenate([[self.layout.section_id[letter]], opening]))
+        return snippets
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index])
+
+
+class GenerativeDataset(Dataset):
+    """Decoder targets with their section snippets (Staria) or one prompted stream (baseline)."""
+
+    def __init__(
+        self, source: PieceSource, settings: SequenceSettings, model_kind: str, seed: int = 0
+    ) -> None:
+        if model_kind not in ("staria", "baseline"):
+            raise ValueError(f"model_kind {model_kind!r} is not 'staria' or 'baseline'")
+        self.source, self.settings, self.model_kind, self.seed = source, settings, model_kind, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        lengths = np.minimum(self.source.split.lengths, self.settings.max_seq_len)
+        if self.model_kind == "baseline":
+            lengths = lengths + 2 + self.settings.max_snippets * (self.settings.snippet_len + 1)
+        return lengths
+
+    def __getitem__(self, index: int) -> dict:
+        source = self.source
+        ids = source.split.tokens(index)
+        snippets = source.snippets(index, ids, self.settings)
+        sequence = ids[
+            source.crop_positions(ids, self.settings.max_seq_len, _rng(self.seed, index))
+        ]
+        if self.model_kind == "staria":
+            loss_mask = np.ones(len(sequence), dtype=bool)
+            loss_mask[0] = False
+            return {"snippets": snippets, "tokens": sequence, "loss_mask": loss_mask}
+        prompt = np.concatenate([[source.prompt_start_id], *snippets, [source.prompt_end_id]])
+        stream = np.concatenate([prompt, sequence])
+        loss_mask = np.arange(len(stream)) >= len(prompt)
+        return {"tokens": stream, "loss_mask": loss_mask}
+
+
+class ContrastiveDataset(Dataset):
+    """One item per (piece, section letter): two augmented snippets of that section.
+
+    Each view is a random window of a randomly chosen occurrence of the letter, so the
+    repeats of a section in ABA-like forms become positives of each other.
+    """
+
+    def __init__(
+        self,
+        source: PieceSource,
+        settings: SequenceSettings,
+        augment: Augmentation | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.source, self.settings, self.augment, self.seed = source, settings, augment, seed
+        self.items = [
+            (piece, letter)
+            for piece in range(len(source))
+            for letter in dict.fromkeys(s[0] for s in source.record(piece).sections or [("A",)])
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.full(len(self.items), self.settings.snippet_len + 1)
+
+    def _view(
+        self, ids: np.ndarray, spans: list[tuple[str, int, int]], letter: str, rng
+    ) -> np.ndarray:
+        _, start, end = spans[int(rng.integers(len(spans)))]
+        body = self.source.window(ids, start, end, self.settings.snippet_len, rng)
+        view = np.concatenate([[self.source.layout.section_id[letter]], body])
+        return self.augment(view, rng) if self.augment else view
+
+    def __getitem__(self, index: int) -> dict:
+        piece, letter = self.items[index]
+        ids = self.source.split.tokens(piece)
+        spans = [s for s in self.source.sections(piece, ids) if s[0] == letter]
+        rng = _rng(self.seed, index)
+        return {
+            "view_a": self._view(ids, spans, letter, rng),
+            "view_b": self._view(ids, spans, letter, rng),
+            "group": piece * MAX_SECTIONS + SECTION_LETTERS.index(letter),
+        }
+
+
+class ClassificationDataset(Dataset):
+    """A piece (or a random snippet of it) with form, style and per-token section labels.
+
+    Form and section tokens are removed from the input: they would state the answer.
+    """
+
+    def __init__(
+        self,
+        source: PieceSource,
+        settings: SequenceSettings,
+        unit: str = "piece",
+        style_key: str = "composer",
+        seed: int = 0,
+    ) -> None:
+        if unit not in ("piece", "snippet"):
+            raise ValueError(f"classification unit {unit!r} is not 'piece' or 'snippet'")
+        if style_key not in STYLE_VOCABULARIES:
+            raise ValueError(f"style_key {style_key!r} is not one of {tuple(STYLE_VOCABULARIES)}")
+        self.source, self.settings, self.unit, self.seed = source, settings, unit, seed
+        self.style_key = style_key
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        limit = self.settings.snippet_len if self.unit == "snippet" else self.settings.max_seq_len
+        return np.minimum(self.source.split.lengths, limit)
+
+    def form_label(self, record: PieceRecord) -> int:
+        return FORMS.index(record.form) if record.form is not None else IGNORE_INDEX
+
+    def style_label(self, record: PieceRecord) -> int:
+        value = (record.style or {}).get(self.style_key)
+        vocabulary = STYLE_VOCABULARIES[self.style_key]
+        return vocabulary.index(value) if value in vocabulary else IGNORE_INDEX
+
+    def __getitem__(self, index: int) -> dict:
+        source = self.source
+        ids = source.split.tokens(index)
+        keep = ~np.isin(ids, source.structure_ids)
+        ids, section_ids = ids[keep], source.split.section_ids(index)[keep].astype(np.int64)
+        section_ids[section_ids == NO_SECTION] = IGNORE_INDEX
+        rng = _rng(self.seed, index)
+        if self.unit == "snippet":
+            start = source.window_start(ids, 0, len(ids), self.settings.snippet_len, rng)
+            positions = np.arange(start, min(len(ids), start + self.settings.snippet_len))
+        else:
+            positions = source.crop_positions(ids, self.settings.max_seq_len, rng)
+        record = source.record(index)
+        return {
+            "tokens": ids[positions],
+            "section_labels": section_ids[positions],
+            "form_label": self.form_label(record),
+            "style_label": self.style_label(record),
+        }
