@@ -1,0 +1,301 @@
+"""MusicTokenizerWithStyle: Aria-compatible tokens <-> ids <-> MIDI, plus token-level augmentation.
+
+Ids 0..17,726 are aria-utils' `AbsTokenizer` default vocabulary in its order, so Aria's
+checkpoints and datasets load unchanged; Staria's section, prompt and form tokens follow.
+Tokenization works on whole arrays of notes (see `staria.midi_io`), never note by note.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pretty_midi
+
+from staria.midi_io import (
+    DRUM,
+    DRUM_FAMILY_INDEX,
+    FAMILIES,
+    PITCHED_FAMILIES,
+    PROGRAM_GROUP_FAMILIES,
+    MidiReadError,
+    MidiSource,
+    NoteTable,
+    read_notes,
+)
+
+Token = str | tuple
+
+__all__ = ["MidiReadError", "MusicTokenizerWithStyle", "Token"]
+
+START, END, PAD, UNKNOWN, DIM, TIME = "<S>", "<E>", "<P>", "<U>", "<D>", "<T>"
+SPECIAL_TOKENS = (START, END, PAD, UNKNOWN, DIM, TIME)
+COMPOSERS = (
+    "bach", "beethoven", "mozart", "chopin", "rachmaninoff", "liszt",
+    "debussy", "schubert", "brahms", "ravel", "satie", "scarlatti",
+)  # fmt: skip
+PIECE_FORMS = ("sonata", "prelude", "nocturne", "étude", "waltz", "mazurka", "impromptu", "fugue")
+GENRES = ("jazz", "classical")
+SECTION_LETTERS = ("A", "B", "C", "D")
+FORMS = ("A", "AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
+PROMPT_START, PROMPT_END = "<PROMPT_START>", "<PROMPT_END>"
+
+TIME_STEP_MS = 10
+SEGMENT_MS = 5000
+MAX_DUR_MS = 5000
+VELOCITY_STEP = 10
+MAX_VELOCITY = 120
+DRUM_PITCHES = range(35, 82)
+DIM_TOKEN_OFFSET = 100
+DRUM_NOTE_MS = 100  # drum tokens carry no duration; hits are written this long
+
+
+def build_vocabulary() -> tuple[Token, ...]:
+    """All tokens in id order: Aria's `AbsTokenizer` default vocabulary, then Staria's tokens."""
+    prefixes = [
+        *(("prefix", "instrument", family) for family in FAMILIES),
+        *(("prefix", "composer", composer) for composer in COMPOSERS),
+        *(("prefix", "form", form) for form in PIECE_FORMS),
+        *(("prefix", "genre", genre) for genre in GENRES),
+    ]
+    velocities = range(0, MAX_VELOCITY + 1, VELOCITY_STEP)
+    notes = [(family, p, v) for family in PITCHED_FAMILIES for p in range(128) for v in velocities]
+    return (
+        *SPECIAL_TOKENS,
+        *prefixes,
+        *notes,
+        *((DRUM, pitch) for pitch in DRUM_PITCHES),
+        *(("dur", ms) for ms in range(0, MAX_DUR_MS + 1, TIME_STEP_MS)),
+        *(("onset", ms) for ms in range(0, SEGMENT_MS, TIME_STEP_MS)),
+        *(f"<{letter}_SECTION>" for letter in SECTION_LETTERS),
+        PROMPT_START,
+        PROMPT_END,
+        *(f"<{form}>" for form in FORMS),
+    )
+
+
+def nearest_on_grid_table(max_value: int, grid: range) -> np.ndarray:
+    """`table[v]` is the grid value Aria snaps integer `v` to.
+
+    Aria finds the nearest grid value by a binary search that keeps the first strictly closer
+    candidate it visits, so ties go up or down depending on the search path (15 -> 20 but
+    25 -> 20); a lookup table reproduces that exactly and vectorises snapping.
+    """
+    table = np.empty(max_value + 1, dtype=np.int64)
+    for value in range(max_value + 1):
+        low, high, best = 0, len(grid) - 1, None
+        while low <= high:
+            middle = (low + high) // 2
+            if best is None or abs(grid[middle] - value) < abs(best - value):
+                best = grid[middle]
+            if grid[middle] == value:
+                break
+            low, high = (middle + 1, high) if grid[middle] < value else (low, middle - 1)
+        table[value] = best
+    return table
+
+
+class MusicTokenizerWithStyle:
+    """Aria's absolute-time MIDI tokenizer with Staria's section, prompt and form tokens."""
+
+    def __init__(self) -> None:
+        self.vocab: tuple[Token, ...] = build_vocabulary()
+        self.token_to_id: dict[Token, int] = {token: i for i, token in enumerate(self.vocab)}
+        self.pad_id = self.token_to_id[PAD]
+        self.bos_id = self.token_to_id[START]
+        self.eos_id = self.token_to_id[END]
+        self.dim_id = self.token_to_id[DIM]
+        self.time_id = self.token_to_id[TIME]
+        self.unknown_id = self.token_to_id[UNKNOWN]
+        self.prompt_start = PROMPT_START
+        self.prompt_end = PROMPT_END
+        self._prefix_base = self.token_to_id[("prefix", "instrument", FAMILIES[0])]
+        self._note_base = self.token_to_id[(FAMILIES[0], 0, 0)]
+        self._drum_base = self.token_to_id[(DRUM, DRUM_PITCHES[0])]
+        self._dur_base = self.token_to_id[("dur", 0)]
+        self._onset_base = self.token_to_id[("onset", 0)]
+        self._velocity_levels = MAX_VELOCITY // VELOCITY_STEP + 1
+        velocity_grid = range(0, MAX_VELOCITY + 1, VELOCITY_STEP)
+        self._velocity_table = np.maximum(nearest_on_grid_table(127, velocity_grid), VELOCITY_STEP)
+        self._onset_table = nearest_on_grid_table(
+            SEGMENT_MS - 1, range(0, SEGMENT_MS, TIME_STEP_MS)
+        )
+        self._dur_table = np.maximum(
+            nearest_on_grid_table(MAX_DUR_MS, range(0, MAX_DUR_MS + 1, TIME_STEP_MS)), TIME_STEP_MS
+        )
+
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, tokens: list[Token]) -> list[int]:
+        """Token ids; tokens outside the vocabulary become `<U>`."""
+        return [self.token_to_id.get(token, self.unknown_id) for token in tokens]
+
+    def decode(self, ids: list[int]) -> list[Token]:
+        return [self.vocab[i] for i in ids]
+
+    def section_token(self, letter: str) -> str:
+        if letter not in SECTION_LETTERS:
+            raise ValueError(f"section letter {letter!r} is not one of {SECTION_LETTERS}")
+        return f"<{letter}_SECTION>"
+
+    def form_token(self, form: str) -> str:
+        if form not in FORMS:
+            raise ValueError(f"form {form!r} is not one of {FORMS}")
+        return f"<{form}>"
+
+    def tokenize(
+        self, midi: MidiSource, add_dim_tok: bool = False, add_eos_tok: bool = True
+    ) -> list[Token]:
+        """Aria's tokens for a MIDI path, bytes or PrettyMIDI; `MidiReadError` if unusable."""
+        ids = self.tokenize_ids(midi, add_dim_tok=add_dim_tok, add_eos_tok=add_eos_tok)
+        return self.decode(ids.tolist())
+
+    def tokenize_ids(
+        self, midi: MidiSource, add_dim_tok: bool = False, add_eos_tok: bool = True
+    ) -> np.ndarray:
+        """`encode(tokenize(midi))` as an array, without per-note Python work (bulk path)."""
+        return self.notes_to_ids(read_notes(midi), add_dim_tok=add_dim_tok, add_eos_tok=add_eos_tok)
+
+    def notes_to_ids(
+        self, notes: NoteTable, add_dim_tok: bool = False, add_eos_tok: bool = True
+    ) -> np.ndarray:
+        onset_abs = np.rint(notes.start_ms - notes.start_ms[0]).astype(np.int64)
+        duration = self._dur_table[
+            np.minimum(np.rint(notes.end_ms - notes.start_ms).astype(np.int64), MAX_DUR_MS)
+        ]
+        onset = self._onset_table[onset_abs % SEGMENT_MS]
+        segment = onset_abs // SEGMENT_MS
+        velocity = self._velocity_table[notes.velocity]
+        is_drum = notes.family == DRUM_FAMILY_INDEX
+        known_drum = (notes.pitch >= DRUM_PITCHES[0]) & (notes.pitch <= DRUM_PITCHES[-1])
+        note_ids = np.where(
+            is_drum,
+            np.where(known_drum, self._drum_base + notes.pitch - DRUM_PITCHES[0], self.unknown_id),
+            self._note_base
+            + (notes.family * 128 + notes.pitch) * self._velocity_levels
+            + velocity // VELOCITY_STEP,
+        )
+        time_tokens = np.diff(segment, prepend=0)
+        note_len = np.where(is_drum, 2, 3)
+        lengths = time_tokens + note_len
+        ends = np.cumsum(lengths)
+        note_at = ends - note_len
+        body = np.full(ends[-1], self.time_id, dtype=np.int64)
+        body[note_at] = note_ids
+        body[note_at + 1] = self._onset_base + onset // TIME_STEP_MS
+        pitched = ~is_drum
+        body[note_at[pitched] + 2] = self._dur_base + duration[pitched] // TIME_STEP_MS
+        families = np.unique(notes.family)
+        prefix = self._prefix_base + families
+        if add_dim_tok and len(body) > DIM_TOKEN_OFFSET:
+            # <D> goes at the first note boundary at least DIM_TOKEN_OFFSET tokens before the end.
+            boundary = note_at[note_at <= len(body) - DIM_TOKEN_OFFSET]
+            if len(boundary):
+                body = np.insert(body, boundary[-1], self.dim_id)
+        tail = [self.eos_id] if add_eos_tok else []
+        return np.concatenate([prefix, [self.bos_id], body, tail]).astype(np.int64)
+
+    def _note_spans(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions of well-formed notes in `ids`, whether each is a drum, and its onset in ms."""
+        is_time = ids == self.time_id
+        segment = np.cumsum(is_time)
+        is_pitched = (ids >= self._note_base) & (ids < self._drum_base)
+        is_drum = ((ids >= self._drum_base) & (ids < self._dur_base)) | (ids == self.unknown_id)
+        padded = np.concatenate([ids, [self.pad_id, self.pad_id]])
+        onset_next = (padded[1:-1] >= self._onset_base) & (padded[1:-1] < self._onset_base + 500)
+        dur_after = (padded[2:] >= self._dur_base) & (padded[2:] < self._onset_base)
+        at = np.flatnonzero((is_pitched & onset_next & dur_after) | (is_drum & onset_next))
+        onset_ms = segment[at] * SEGMENT_MS + (ids[at + 1] - self._onset_base) * TIME_STEP_MS
+        return at, is_drum[at], onset_ms
+
+    def ids_to_notes(self, ids: np.ndarray) -> NoteTable:
+        """The notes a token-id sequence describes, times in ms from its first note."""
+        ids = np.asarray(ids, dtype=np.int64)
+        at, drum, onset_ms = self._note_spans(ids)
+        drum &= ids[at] != self.unknown_id
+        at, onset_ms = (
+            at[drum | (ids[at] < self._drum_base)],
+            onset_ms[drum | (ids[at] < self._drum_base)],
+        )
+        drum = ids[at] >= self._drum_base
+        note_index = np.where(drum, 0, ids[at] - self._note_base)
+        family = np.where(drum, DRUM_FAMILY_INDEX, note_index // (128 * self._velocity_levels))
+        pitch = np.where(
+            drum,
+            ids[at] - self._drum_base + DRUM_PITCHES[0],
+            note_index // self._velocity_levels % 128,
+        )
+        velocity = np.where(drum, MAX_VELOCITY, note_index % self._velocity_levels * VELOCITY_STEP)
+        dur_ids = ids[np.minimum(at + 2, len(ids) - 1)]
+        duration = np.where(drum, DRUM_NOTE_MS, (dur_ids - self._dur_base) * TIME_STEP_MS)
+        return NoteTable(
+            family,
+            pitch,
+            velocity,
+            onset_ms.astype(np.float64),
+            (onset_ms + duration).astype(np.float64),
+        )
+
+    def detokenize(self, tokens: list[Token]) -> pretty_midi.PrettyMIDI:
+        """A PrettyMIDI with one instrument per family present (drums on channel 10)."""
+        return notes_to_pretty_midi(self.ids_to_notes(np.asarray(self.encode(tokens))))
+
+    def augment_pitch(self, tokens: list[Token], semitones: int) -> list[Token]:
+        """Transpose pitched notes; notes pushed outside 0..127 are dropped with their timing."""
+        ids = np.asarray(self.encode(tokens), dtype=np.int64)
+        at, drum, _ = self._note_spans(ids)
+        at = at[~drum]
+        note_index = ids[at] - self._note_base
+        pitch = note_index // self._velocity_levels % 128 + semitones
+        shifted = ids.copy()
+        shifted[at] += semitones * self._velocity_levels
+        dropped = at[(pitch < 0) | (pitch > 127)]
+        keep = np.ones(len(ids), dtype=bool)
+        for offset in range(3):
+            keep[dropped + offset] = False
+        return self.decode(shifted[keep].tolist())
+
+    def augment_velocity(self, tokens: list[Token], steps: int) -> list[Token]:
+        """Move every pitched note's velocity by `steps` x 10, clamped to 10..120."""
+        ids = np.asarray(self.encode(tokens), dtype=np.int64)
+        at, drum, _ = self._note_spans(ids)
+        at = at[~drum]
+        level = (ids[at] - self._note_base) % self._velocity_levels
+        new_level = np.clip(level + steps, 1, self._velocity_levels - 1)
+        ids[at] += new_level - level
+        return self.decode(ids.tolist())
+
+    def augment_tempo(self, tokens: list[Token], factor: float) -> list[Token]:
+        """Stretch time by `factor` (> 1 is slower); onsets and durations re-snap, <T> recomputed.
+
+        The result is a plain piece (prefix, <S>, notes, <E>); section markers are not kept.
+        """
+        notes = self.ids_to_notes(np.asarray(self.encode(tokens)))
+        duration = notes.end_ms - notes.start_ms
+        start = np.rint(notes.start_ms * factor)
+        stretched = NoteTable(
+            notes.family, notes.pitch, notes.velocity, start, start + np.rint(duration * factor)
+        )
+        return self.decode(self.notes_to_ids(stretched, add_eos_tok=END in tokens).tolist())
+
+
+def notes_to_pretty_midi(notes: NoteTable) -> pretty_midi.PrettyMIDI:
+    """Write notes on a 1 ms tick grid (120 bpm, 500 ticks/beat) so token times survive."""
+    midi = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120.0)
+    for family_index in np.unique(notes.family):
+        family = FAMILIES[family_index]
+        is_drum = family == DRUM
+        program = 0 if is_drum else PROGRAM_GROUP_FAMILIES.index(family) * 8
+        instrument = pretty_midi.Instrument(program=program, is_drum=is_drum, name=family)
+        mine = notes.family == family_index
+        instrument.notes = [
+            pretty_midi.Note(velocity=int(v), pitch=int(p), start=s / 1000.0, end=e / 1000.0)
+            for v, p, s, e in zip(
+                notes.velocity[mine],
+                notes.pitch[mine],
+                notes.start_ms[mine],
+                notes.end_ms[mine],
+                strict=True,
+            )
+        ]
+        midi.instruments.append(instrument)
+    return midi
