@@ -89,6 +89,10 @@ class PieceLabels:
             raise LabelFormatError(
                 origin, "split", f"{self.split!r} is not one of {SPLITS} or null"
             )
+        if self.origins is not None and set(self.origins) != set(self.form):
+            raise LabelFormatError(
+                origin, "origins", f"letters {sorted(self.origins)} differ from form {self.form!r}"
+            )
 
     def section_of_onsets(self, onset_seconds: np.ndarray) -> np.ndarray:
         """Index into `sections` of each onset, -1 for onsets outside every section."""
