@@ -15,7 +15,14 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from staria.data.preprocess import NO_SECTION, CachedSplit, PieceRecord, TokenLayout
-from staria.tokenizer import COMPOSERS, FORMS, GENRES, PIECE_FORMS, SECTION_LETTERS
+from staria.tokenizer import (
+    COMPOSERS,
+    FORMS,
+    GENRES,
+    PIECE_FORMS,
+    SECTION_LETTERS,
+    MusicTokenizerWithStyle,
+)
 
 IGNORE_INDEX = -100
 STYLE_VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -26,6 +33,33 @@ STYLE_VOCABULARIES: dict[str, tuple[str, ...]] = {
 MAX_SECTIONS = len(SECTION_LETTERS)
 
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SnippetAugmenter:
+    """Random pitch shift, velocity shift and tempo stretch of a snippet (section token + notes),
+    through the tokenizer's augmentations; the section token stays in front."""
+
+    tokenizer: MusicTokenizerWithStyle
+    max_pitch_shift: int = 5
+    max_velocity_steps: int = 2
+    max_tempo_change: float = 0.2
+
+    def __call__(self, snippet: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        tok = self.tokenizer
+        tokens = tok.decode(snippet[1:].tolist())
+        shift = int(rng.integers(-self.max_pitch_shift, self.max_pitch_shift + 1))
+        tokens = tok.augment_pitch(tokens, shift)
+        steps = int(rng.integers(-self.max_velocity_steps, self.max_velocity_steps + 1))
+        tokens = tok.augment_velocity(tokens, steps)
+        ids = np.asarray(tok.encode(tokens), dtype=np.int64)
+        if len(tok.ids_to_notes(ids)) == 0:
+            return np.concatenate([snippet[:1], ids])
+        factor = float(rng.uniform(1 - self.max_tempo_change, 1 + self.max_tempo_change))
+        # The stretch rebuilds a whole piece (prefix, <S>, notes); keep only the notes.
+        stretched = np.asarray(tok.encode(tok.augment_tempo(tokens, factor)), dtype=np.int64)
+        body = stretched[int(np.flatnonzero(stretched == tok.bos_id)[0]) + 1 :]
+        return np.concatenate([snippet[:1], body])
 
 
 @dataclass(frozen=True)

@@ -312,11 +312,10 @@ def build_index(
     files = scan_midi_files(sources, settings.limit)
     key = fingerprint(files, settings)
     stem = cache_stem(settings, key)
-    split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
-    report_path = cache_root / f"{stem}_report.json"
     chunks = _chunks(files, chunk_size)
-    if all((folder / COMPLETE_MARKER).is_file() for folder in split_dirs.values()):
-        return IndexResult(split_dirs, report_path, key, True, 0, len(chunks), _counts(split_dirs))
+    found = _complete_index(cache_root, stem, key)
+    if found is not None:
+        return found
     work_dir = cache_root / f".work_{stem}"
     work_dir.mkdir(parents=True, exist_ok=True)
     _write_json(work_dir / "plan.json", {"chunk_size": chunk_size, "num_chunks": len(chunks)})
@@ -333,6 +332,23 @@ def build_index(
     result = merge_index(sources, cache_root, settings)
     result.tokenized_files = tokenized
     return result
+
+
+def find_index(
+    sources: Sequence[str | Path], cache_root: str | Path, settings: IndexSettings = IndexSettings()
+) -> IndexResult | None:
+    """The complete cache for these inputs and settings, or None: never builds anything."""
+    files = scan_midi_files(sources, settings.limit)
+    key = fingerprint(files, settings)
+    return _complete_index(Path(cache_root), cache_stem(settings, key), key)
+
+
+def _complete_index(cache_root: Path, stem: str, key: str) -> IndexResult | None:
+    split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
+    if not all((folder / COMPLETE_MARKER).is_file() for folder in split_dirs.values()):
+        return None
+    report_path = cache_root / f"{stem}_report.json"
+    return IndexResult(split_dirs, report_path, key, True, 0, 0, _counts(split_dirs))
 
 
 def merge_index(

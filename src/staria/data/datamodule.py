@@ -1,0 +1,217 @@
+"""`MidiDataModule`: from a MIDI folder (or nothing, in synthetic mode) to batches for every task.
+
+`prepare_data` (one process per node) synthesises and indexes into `cache_dir`, reusing what a
+previous run finished; `setup` only opens the finished cache. Loaders shard by the trainer's
+rank, bucket by length, and are `StatefulDataLoader`s so a mid-epoch resume is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from staria.data.collate import Collator, LengthBucketBatchSampler
+from staria.data.datasets import (
+    STYLE_VOCABULARIES,
+    ClassificationDataset,
+    ContrastiveDataset,
+    GenerativeDataset,
+    PieceSource,
+    SequenceSettings,
+    SnippetAugmenter,
+)
+from staria.data.preprocess import (
+    COMPLETE_MARKER,
+    CachedSplit,
+    IncompleteIndexError,
+    IndexSettings,
+    TokenLayout,
+    build_index,
+    find_index,
+)
+from staria.data.synthetic import SynthesisConfig, synthesize
+from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+
+MODES = ("synthetic", "real")
+TASKS = ("generative", "contrastive", "classification")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+def synthetic_pieces(config: SynthesisConfig, cache_dir: Path) -> Path:
+    """Folder of synthetic pieces for `config`, synthesised once and renamed into place whole."""
+    key = hashlib.sha256(json.dumps(asdict(config), default=str).encode()).hexdigest()[:12]
+    folder = cache_dir / f"synthetic_{key}"
+    if (folder / COMPLETE_MARKER).is_file():
+        return folder
+    temp = cache_dir / f".tmp-{os.getpid()}-{folder.name}"
+    shutil.rmtree(temp, ignore_errors=True)
+    synthesize(config, temp)
+    (temp / COMPLETE_MARKER).write_text("complete\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(temp, folder)
+    return folder
+
+
+class MidiDataModule(L.LightningDataModule):
+    """Batches for `task` (generative, contrastive, classification) from synthetic or real MIDI.
+
+    Batch layouts follow docs/architecture.md "Batches"; the cache layout docs/data-format.md.
+    """
+
+    def __init__(
+        self,
+        mode: str = "synthetic",
+        task: str = "generative",
+        model_kind: str = "staria",
+        name: str = "demo",
+        cache_dir: str = "data_cache",
+        folders: Sequence[str] = (),
+        synthesis: dict[str, Any] | None = None,
+        limit: int = 0,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        snippet_len: int = 256,
+        max_snippets: int = 4,
+        max_seq_len: int = 4096,
+        classification_unit: str = "piece",
+        style_key: str = "genre",
+        augment: bool = True,
+        batch_size: int = 8,
+        bucket_batches: int = 32,
+        num_workers: int = 0,
+        persistent_workers: bool = True,
+        pin_memory: bool | None = None,
+        index_workers: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"data mode {mode!r} is not one of {MODES}")
+        if task not in TASKS:
+            raise ValueError(f"data task {task!r} is not one of {TASKS}")
+        if mode == "real" and not folders:
+            raise ValueError("data mode 'real' needs `folders` of MIDI files")
+        self.save_hyperparameters()
+        self.mode, self.task, self.model_kind = mode, task, model_kind
+        self.cache_dir = Path(cache_dir)
+        self.folders = [Path(f) for f in folders]
+        self.synthesis = SynthesisConfig(**(synthesis or {}))
+        self.index_settings = IndexSettings(mode, name, limit, val_fraction, test_fraction)
+        self.sequence = SequenceSettings(snippet_len, max_snippets, max_seq_len)
+        self.classification_unit, self.style_key, self.augment = (
+            classification_unit,
+            style_key,
+            augment,
+        )
+        self.batch_size, self.bucket_batches, self.seed = batch_size, bucket_batches, seed
+        self.num_workers, self.persistent_workers = num_workers, persistent_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.index_workers = index_workers
+        self.tokenizer = MusicTokenizerWithStyle()
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size()
+
+    @property
+    def num_form_classes(self) -> int:
+        return len(FORMS)
+
+    @property
+    def num_style_classes(self) -> int:
+        return len(STYLE_VOCABULARIES[self.style_key])
+
+    @property
+    def max_snippet_tokens(self) -> int:
+        """Longest snippet row: the section token plus `snippet_len` tokens."""
+        return self.sequence.snippet_len + 1
+
+    def sources(self) -> list[Path]:
+        if self.mode == "real":
+            return self.folders
+        return [synthetic_pieces(self.synthesis, self.cache_dir)]
+
+    def prepare_data(self) -> None:
+        build_index(self.sources(), self.cache_dir, self.index_settings, workers=self.index_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        found = find_index(self.sources(), self.cache_dir, self.index_settings)
+        if found is None:
+            raise IncompleteIndexError(
+                f"no complete index for {self.index_settings} in {self.cache_dir}; "
+                "call prepare_data() (the Trainer does) or run `staria-data index`"
+            )
+        layout = TokenLayout(self.tokenizer)
+        for split in STAGE_SPLITS.get(stage or "fit", ("train", "val", "test")):
+            source = PieceSource(CachedSplit(found.split_dirs[split]), layout)
+            self.datasets[split] = self._dataset(source, split)
+
+    def _dataset(self, source: PieceSource, split: str) -> Dataset:
+        seed = self.seed + ("train", "val", "test").index(split)
+        if self.task == "generative":
+            return GenerativeDataset(source, self.sequence, self.model_kind, seed)
+        if self.task == "contrastive":
+            augment = SnippetAugmenter(self.tokenizer) if self.augment else None
+            return ContrastiveDataset(source, self.sequence, augment, seed)
+        return ClassificationDataset(
+            source, self.sequence, self.classification_unit, self.style_key, seed
+        )
+
+    def _rank(self) -> tuple[int, int]:
+        """(world size, rank) of the attached trainer; (1, 0) outside one."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
+        dataset = self.datasets[split]
+        world_size, rank = self._rank()
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=shuffle,
+        )
+        batch_sampler = LengthBucketBatchSampler(
+            sampler,
+            self.batch_size,
+            drop_last=False,
+            lengths=dataset.lengths,
+            bucket_batches=self.bucket_batches,
+            seed=self.seed,
+        )
+        return StatefulDataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=Collator(self.pad_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        return self._loader("test", shuffle=False)
