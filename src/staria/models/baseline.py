@@ -1,0 +1,81 @@
+"""Decoder-only baseline: Staria's causal LM without snippet cross-attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from staria.models.autoregressive import generate_with_cache
+from staria.models.decoder import build_decoder_net, decoder_blocks, norm_modules
+
+
+class DecoderOnlyBaseline(nn.Module):
+    """x-transformers decoder LM; the snippets reach it as a token prompt instead.
+
+    Full size (16 layers, 24 heads x dim_head 64 = 1536 wide, learned absolute positions over
+    4,096, GELU feed-forward x4, untied head, 17,742 tokens) has 513,953,280 parameters.
+    `aria_layout=True` gives Aria-medium's block so Aria weights load (`staria.models.pretrained`).
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int = 1536,
+        depth: int = 16,
+        heads: int = 24,
+        dim_head: int = 64,
+        max_seq_len: int = 4096,
+        aria_layout: bool = False,
+        attn_flash: bool = False,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = build_decoder_net(
+            num_tokens,
+            dim,
+            depth,
+            heads,
+            dim_head,
+            max_seq_len,
+            aria_layout=aria_layout,
+            attn_flash=attn_flash,
+            activation_checkpointing=activation_checkpointing,
+        )
+
+    def forward(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        """Logits [B,T,V] for tokens [B,T] (mask True on real tokens)."""
+        return self.net(tokens, mask=token_mask)
+
+    def blocks(self) -> list[list[nn.Module]]:
+        return decoder_blocks(self.net)
+
+    def norms(self) -> list[nn.Module]:
+        return norm_modules(self.net)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor | list[Tensor],
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        eos_id: int = 1,
+        pad_id: int = 2,
+        cache_kv: bool = True,
+    ) -> Tensor:
+        """Sample continuations; see `staria.models.autoregressive.generate_with_cache`."""
+        return generate_with_cache(
+            self.net,
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            cache_kv=cache_kv,
+        )
