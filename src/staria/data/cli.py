@@ -1,0 +1,134 @@
+"""`staria-data`: synthesise form-labelled pieces, or index MIDI folders into a split cache."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from staria.data.preprocess import (
+    IndexSettings,
+    build_index,
+    iter_legacy_path_list,
+    merge_index,
+    scan_midi_files,
+)
+from staria.data.synthetic import SynthesisConfig, synthesize
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="staria-data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write form-labelled synthetic pieces")
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--pieces-per-form", type=int, default=16)
+    synth.add_argument("--forms", nargs="+", default=None)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--min-tokens", type=int, default=256)
+    synth.add_argument("--max-tokens", type=int, default=1024)
+    synth.add_argument("--source", choices=("generated", "stitched"), default="generated")
+    synth.add_argument("--source-dirs", nargs="*", type=Path, default=[])
+    synth.add_argument("--val-fraction", type=float, default=0.125)
+    synth.add_argument("--test-fraction", type=float, default=0.0)
+
+    for name, help_text in (
+        ("index", "tokenize MIDI folders into a cached, split index"),
+        ("merge", "merge the finished shards of a sharded `index` run"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("sources", nargs="*", type=Path, help="folders or MIDI files")
+        command.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
+        command.add_argument("--mode", choices=("real", "synthetic"), default="real")
+        command.add_argument("--name", default="midi")
+        command.add_argument("--limit", type=int, default=0, help="first N files; 0 = all")
+        command.add_argument("--val-fraction", type=float, default=0.05)
+        command.add_argument("--test-fraction", type=float, default=0.05)
+        command.add_argument("--no-labels", action="store_true", help="ignore <name>.json labels")
+        command.add_argument(
+            "--legacy-pickle-list",
+            type=Path,
+            help="also index the paths of an original-project .pkl path list",
+        )
+        command.add_argument(
+            "--allow-pickle-legacy-cache-runs-code",
+            action="store_true",
+            help="required with --legacy-pickle-list: unpickling executes code from the file",
+        )
+        if name == "index":
+            command.add_argument("--workers", type=int, default=os.cpu_count())
+            command.add_argument("--chunk-size", type=int, default=64)
+            command.add_argument("--shard-index", type=int, default=0)
+            command.add_argument("--num-shards", type=int, default=1)
+    return parser
+
+
+def _sources(args: argparse.Namespace) -> list[Path]:
+    sources = list(args.sources)
+    if args.legacy_pickle_list:
+        sources += iter_legacy_path_list(
+            args.legacy_pickle_list,
+            allow_pickle_legacy_cache_runs_code=args.allow_pickle_legacy_cache_runs_code,
+        )
+    if not sources:
+        raise SystemExit("staria-data: give MIDI folders/files or --legacy-pickle-list")
+    return sources
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    console = Console()
+    if args.command == "synth":
+        config = SynthesisConfig(
+            pieces_per_form=args.pieces_per_form,
+            forms=tuple(args.forms) if args.forms else SynthesisConfig.forms,
+            seed=args.seed,
+            min_tokens=args.min_tokens,
+            max_tokens=args.max_tokens,
+            source=args.source,
+            source_dirs=tuple(args.source_dirs),
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+        )
+        written = synthesize(config, args.out_dir)
+        console.print(f"wrote {len(written)} pieces (MIDI + labels JSON) under {args.out_dir}")
+        return
+    sources = _sources(args)
+    settings = IndexSettings(
+        args.mode,
+        args.name,
+        args.limit,
+        args.val_fraction,
+        args.test_fraction,
+        use_labels=not args.no_labels,
+    )
+    if args.command == "merge":
+        result = merge_index(sources, args.cache_dir, settings)
+    else:
+        total = len(scan_midi_files(sources, args.limit))
+        with Progress(console=console) as progress:
+            task = progress.add_task("tokenizing", total=total)
+            result = build_index(
+                sources,
+                args.cache_dir,
+                settings,
+                workers=args.workers,
+                chunk_size=args.chunk_size,
+                shard_index=args.shard_index,
+                num_shards=args.num_shards,
+                progress=lambda count: progress.advance(task, count),
+            )
+        if result is None:
+            console.print(
+                f"shard {args.shard_index}/{args.num_shards} done in {args.cache_dir}; "
+                "run `staria-data merge` with the same arguments once all shards finished"
+            )
+            return
+    verb = "reused" if result.reused else "wrote"
+    console.print(f"{verb} index {result.fingerprint} in {args.cache_dir}:")
+    for split, folder in result.split_dirs.items():
+        console.print(f"  {split}: {result.counts[split]} pieces -> {folder}")
+    console.print(f"  skipped files and duplicates: {result.report_path}")
