@@ -211,11 +211,8 @@ class MusicTokenizerWithStyle:
         """The notes a token-id sequence describes, times in ms from its first note."""
         ids = np.asarray(ids, dtype=np.int64)
         at, drum, onset_ms = self._note_spans(ids)
-        drum &= ids[at] != self.unknown_id
-        at, onset_ms = (
-            at[drum | (ids[at] < self._drum_base)],
-            onset_ms[drum | (ids[at] < self._drum_base)],
-        )
+        known = ids[at] != self.unknown_id  # <U> drums have no pitch to write
+        at, onset_ms = at[known], onset_ms[known]
         drum = ids[at] >= self._drum_base
         note_index = np.where(drum, 0, ids[at] - self._note_base)
         family = np.where(drum, DRUM_FAMILY_INDEX, note_index // (128 * self._velocity_levels))
