@@ -1,0 +1,177 @@
+"""What every training task shares: AdamW with warmup/cosine, stage schedule, step metrics.
+
+Subclasses say only how a batch becomes a loss (`step_loss`); logging, optimisation, stage
+freezing, weight initialisation and torch.compile live here. Flash attention and activation
+checkpointing are options of the networks (`conf/model/net`).
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+
+
+@dataclass
+class StepLoss:
+    """A batch's loss and how many tokens (or examples) it was averaged over."""
+
+    loss: torch.Tensor
+    count: torch.Tensor
+
+
+class InitWeightsError(ValueError):
+    """`init_from` weights do not match the model."""
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate factor: linear warmup to 1, cosine decay to `min_lr_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def sequence_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> StepLoss:
+    """Next-token cross entropy where `loss_mask[b, t]` says whether predicting `tokens[b, t]` counts."""
+    targets = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return StepLoss(loss, loss_mask[:, 1:].sum())
+
+
+def parameter_counts(net: nn.Module) -> dict[str, int]:
+    """Total and trainable parameters, overall and per top-level part (`encoder`, `decoder`, ...)."""
+    counts: dict[str, int] = {}
+    parts = dict(net.named_children()) or {"net": net}
+    for part, module in [("all", net), *parts.items()]:
+        params = list(module.parameters())
+        counts[f"params/{part}/total"] = sum(p.numel() for p in params)
+        counts[f"params/{part}/trainable"] = sum(p.numel() for p in params if p.requires_grad)
+    return counts
+
+
+def build_stage_schedule(stage: dict | None):
+    """The stage group's schedule (training/stages.py), or None for models trained whole."""
+    if not stage or stage["name"] == "none":
+        return None
+    from staria.training.stages import StageSchedule
+
+    return StageSchedule.from_config(stage)
+
+
+class TrainingTask(pl.LightningModule):
+    """Base LightningModule; `net` is the model built from `conf/model/net`."""
+
+    reports_perplexity = True
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: dict,
+        scheduler: dict,
+        stage: dict | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.stage_schedule = build_stage_schedule(stage)
+        self._step_started: float | None = None
+        self._compiled = False
+
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        """`compile=true` compiles the network in place (parameter names unchanged), once."""
+        if self.hparams.compile and not self._compiled:
+            self.net.compile()
+            self._compiled = True
+
+    def configure_optimizers(self):
+        opt = self.hparams.optimizer
+        if self.stage_schedule is None:
+            groups = [{"params": list(self.net.parameters()), "lr": opt["lr"]}]
+        else:
+            groups = self.stage_schedule.param_groups(self.net, opt["lr"])
+        optimizer = torch.optim.AdamW(
+            groups, lr=opt["lr"], betas=tuple(opt["betas"]), weight_decay=opt["weight_decay"]
+        )
+        sched = self.hparams.scheduler
+        factor = partial(
+            warmup_cosine,
+            warmup_steps=sched["warmup_steps"],
+            total_steps=sched["total_steps"],
+            min_lr_ratio=sched["min_lr_ratio"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def apply_stage(self) -> None:
+        """Freeze/unfreeze for the current step; a function of `global_step`, so resume restores it."""
+        if self.stage_schedule is not None:
+            self.stage_schedule.apply(self.net, self.global_step)
+
+    def on_fit_start(self) -> None:
+        self.apply_stage()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.apply_stage()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        result = self.step_loss(batch)
+        now = time.perf_counter()
+        if self._step_started is not None:
+            tokens = batch["token_mask"].sum() if "token_mask" in batch else result.count
+            self.log("train/tokens_per_s", tokens / (now - self._step_started))
+        self._step_started = now
+        self.log("train/loss", result.loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if self.reports_perplexity:
+            self.log("train/perplexity", torch.exp(result.loss.detach()))
+        return result.loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        result = self.step_loss(batch)
+        self.log("val/loss", result.loss, prog_bar=True, sync_dist=True)
+        if self.reports_perplexity:
+            self.log("val/perplexity", torch.exp(result.loss), sync_dist=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        result = self.step_loss(batch)
+        self.log("test/loss", result.loss, sync_dist=True)
+        if self.reports_perplexity:
+            self.log("test/perplexity", torch.exp(result.loss), sync_dist=True)
+
+    def init_from(self, path: str | Path) -> None:
+        """Initialise `net` from a Lightning checkpoint or a state-dict file; not a resume."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if "state_dict" in state:
+                state = {
+                    key.removeprefix("net."): value
+                    for key, value in state["state_dict"].items()
+                    if key.startswith("net.")
+                }
+        result = self.net.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise InitWeightsError(
+                f"init_from={path}: missing keys {result.missing_keys[:10]}, "
+                f"unexpected keys {result.unexpected_keys[:10]}"
+            )

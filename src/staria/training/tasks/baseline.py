@@ -1,0 +1,13 @@
+"""Decoder-only baseline: the prompt is part of the token stream, loss on the sequence only."""
+
+import torch
+
+from staria.training.tasks.base import StepLoss, TrainingTask, sequence_loss
+
+
+class BaselineTask(TrainingTask):
+    """Baseline batches (`<PROMPT_START> ... <PROMPT_END> sequence`); `loss_mask` skips the prompt."""
+
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
+        logits = self.net(batch["tokens"], batch["token_mask"])
+        return sequence_loss(logits, batch["tokens"], batch["loss_mask"])

@@ -1,0 +1,58 @@
+"""Form / style / per-token section classifier training (evaluation and wake-sleep use it)."""
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+from torchmetrics.classification import MulticlassAccuracy
+
+from staria.training.tasks.base import StepLoss, TrainingTask
+
+
+class ClassifierTask(TrainingTask):
+    """Sum of three cross entropies; labels of -100 (unknown style, unlabelled token) are skipped."""
+
+    reports_perplexity = False
+    heads = ("form", "style", "section")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accuracy = torch.nn.ModuleDict(
+            {
+                f"{split}_{head}": MulticlassAccuracy(
+                    getattr(self.net, f"{head}_head").out_features, ignore_index=-100
+                )
+                for split in ("val", "test")
+                for head in self.heads
+            }
+        )
+
+    def _labels(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "form": batch["form_label"],
+            "style": batch["style_label"],
+            "section": batch["section_labels"],
+        }
+
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
+        logits = self.net(batch["tokens"], batch["token_mask"])
+        labels = self._labels(batch)
+        losses = [
+            F.cross_entropy(getattr(logits, head).flatten(0, -2), labels[head].flatten())
+            for head in self.heads
+            if (labels[head] != -100).any()
+        ]
+        return StepLoss(torch.stack(losses).sum(), batch["token_mask"].sum())
+
+    def _log_accuracy(self, split: str, batch: dict[str, torch.Tensor]) -> None:
+        logits = self.net(batch["tokens"], batch["token_mask"])
+        for head, label in self._labels(batch).items():
+            metric = self.accuracy[f"{split}_{head}"]
+            metric(getattr(logits, head).flatten(0, -2), label.flatten())
+            self.log(f"{split}/{head}_accuracy", metric)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self._log_accuracy("val", batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        self._log_accuracy("test", batch)

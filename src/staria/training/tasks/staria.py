@@ -1,0 +1,15 @@
+"""Staria: snippets -> encoder -> cross-attending decoder, LM loss on the piece's sequence."""
+
+import torch
+
+from staria.training.tasks.base import StepLoss, TrainingTask, sequence_loss
+
+
+class StariaTask(TrainingTask):
+    """Generative batches with `snippets`; only tokens in `loss_mask` count."""
+
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
+        logits = self.net(
+            batch["snippets"], batch["snippet_mask"], batch["tokens"], batch["token_mask"]
+        )
+        return sequence_loss(logits, batch["tokens"], batch["loss_mask"])
