@@ -1,0 +1,1 @@
+"""Training: LightningModule tasks, stages, checkpointing, the staria-train entrypoint."""
