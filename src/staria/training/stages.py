@@ -54,7 +54,7 @@ class StageSchedule:
 
     @classmethod
     def from_config(cls, stage: Mapping) -> StageSchedule:
-        """From the `stage` config group (name, unfreeze_top_k, unfreeze_every_n_steps, lr_scale)."""
+        """From the `stage` config group: name, unfreeze_top_k, unfreeze_every_n_steps, lr_scale."""
         return cls(
             name=stage["name"],
             unfreeze_top_k=stage.get("unfreeze_top_k", 1),
