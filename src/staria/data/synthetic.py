@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pretty_midi
+import symusic
 
 from staria.data.labels import SPLITS, PieceLabels, Section, labels_path
 from staria.midi_io import (
@@ -25,6 +25,7 @@ from staria.midi_io import (
     PROGRAM_GROUP_FAMILIES,
     SUSTAIN_PEDAL_CC,
     MidiReadError,
+    MidiSource,
     read_notes,
 )
 from staria.tokenizer import GENRES, TIME_STEP_MS, MusicTokenizerWithStyle
@@ -37,7 +38,7 @@ MIDI_SUFFIXES = (".mid", ".midi")
 METADATA_FILE = "metadata.json"
 MAX_FIT_ATTEMPTS = 8
 # One tick is one millisecond (120 bpm, 500 ticks per beat), so written times stay on the ms grid.
-MIDI_RESOLUTION = 500
+MIDI_TICKS_PER_BEAT = 500
 MIDI_TEMPO_BPM = 120.0
 PIANO = FAMILIES.index("piano")
 
@@ -174,15 +175,13 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path) -> list[Path]:
             labels = PieceLabels(form, sections, style, config.source, piece_seed, split, origins)
             path = out_dir / split / f"{form}_{piece_index:05d}.mid"
             path.parent.mkdir(parents=True, exist_ok=True)
-            midi.write(str(path))
+            path.write_bytes(midi)
             labels.save(labels_path(path))
             written.append(path)
     return written
 
 
-def labelled_length(
-    tokenizer: MusicTokenizerWithStyle, midi: pretty_midi.PrettyMIDI, form: str
-) -> int:
+def labelled_length(tokenizer: MusicTokenizerWithStyle, midi: MidiSource, form: str) -> int:
     """Length of the piece's labelled decoder sequence: its tokens plus form and section tokens."""
     return len(tokenizer.tokenize(midi, add_dim_tok=False, add_eos_tok=True)) + 1 + len(form)
 
@@ -204,7 +203,7 @@ def _fit_length(
     config: SynthesisConfig,
     tokenizer: MusicTokenizerWithStyle,
     rng: np.random.Generator,
-) -> tuple[pretty_midi.PrettyMIDI, list[Section]]:
+) -> tuple[bytes, list[Section]]:
     """Cut every letter so the measured labelled length lands in [min_tokens, max_tokens]."""
     occurrences = Counter(form)
     note_budget = float(target)
@@ -246,11 +245,9 @@ def _render(
     form: str,
     config: SynthesisConfig,
     jitter_rng: np.random.Generator,
-) -> tuple[pretty_midi.PrettyMIDI, list[Section]]:
-    """Lay the letters' sections end to end in one MIDI file, one instrument per family."""
-    midi = pretty_midi.PrettyMIDI(resolution=MIDI_RESOLUTION, initial_tempo=MIDI_TEMPO_BPM)
-    instruments: dict[int, pretty_midi.Instrument] = {}
-    sections, offset_ms, seen = [], 0, set()
+) -> tuple[bytes, list[Section]]:
+    """Lay the letters' sections end to end as MIDI bytes, one track per instrument family."""
+    parts, sections, offset_ms, seen = [], [], 0, set()
     for letter in form:
         part = cuts[letter]
         velocity = part.velocity
@@ -260,33 +257,45 @@ def _render(
                 velocity + jitter_rng.integers(-jitter, jitter + 1, len(velocity)), 1, 127
             )
         seen.add(letter)
-        for family, pitch, vel, onset, end in zip(
-            part.family.tolist(), part.pitch.tolist(), velocity.tolist(),
-            (part.onset_ms + offset_ms).tolist(), (part.end_ms + offset_ms).tolist(), strict=True,
-        ):  # fmt: skip
-            if family not in instruments:
-                instruments[family] = _instrument(family)
-            instruments[family].notes.append(pretty_midi.Note(vel, pitch, onset / 1000, end / 1000))
-        if len(part.pedal_ms):
-            piano = instruments[PIANO]
-            for down, up in (part.pedal_ms + offset_ms).tolist():
-                piano.control_changes.append(
-                    pretty_midi.ControlChange(SUSTAIN_PEDAL_CC, 127, down / 1000)
-                )
-                piano.control_changes.append(
-                    pretty_midi.ControlChange(SUSTAIN_PEDAL_CC, 0, up / 1000)
-                )
+        parts.append((part, velocity, offset_ms))
         sections.append(Section(letter, offset_ms / 1000, (offset_ms + part.duration_ms) / 1000))
         offset_ms += part.duration_ms
-    midi.instruments = [instruments[family] for family in sorted(instruments)]
-    return midi, sections
+    family, pitch, velocity, onset, end = (
+        np.concatenate(column)
+        for column in zip(
+            *(
+                (p.family, p.pitch, v, p.onset_ms + offset, p.end_ms + offset)
+                for p, v, offset in parts
+            ),
+            strict=True,
+        )
+    )
+    pedal = np.concatenate([p.pedal_ms + offset for p, _, offset in parts])
+    score = symusic.Score(MIDI_TICKS_PER_BEAT)
+    score.tempos.append(symusic.Tempo(0, qpm=MIDI_TEMPO_BPM))
+    for track_family in np.unique(family).tolist():
+        here = family == track_family
+        track = _track(track_family)
+        track.notes = symusic.Note.from_numpy(
+            onset[here].astype(np.int32),
+            (end - onset)[here].astype(np.int32),
+            pitch[here].astype(np.int8),
+            velocity[here].astype(np.int8),
+        )
+        if track_family == PIANO and len(pedal):
+            times = pedal.reshape(-1).astype(np.int32)
+            values = np.tile([127, 0], len(pedal)).astype(np.int8)
+            numbers = np.full(len(times), SUSTAIN_PEDAL_CC, dtype=np.int8)
+            track.controls = symusic.ControlChange.from_numpy(times, numbers, values)
+        score.tracks.append(track)
+    return score.dumps_midi(), sections
 
 
-def _instrument(family: int) -> pretty_midi.Instrument:
+def _track(family: int) -> symusic.Track:
     name = FAMILIES[family]
     if name == DRUM:
-        return pretty_midi.Instrument(program=0, is_drum=True, name=DRUM)
-    return pretty_midi.Instrument(program=8 * PROGRAM_GROUP_FAMILIES.index(name), name=name)
+        return symusic.Track(DRUM, 0, True)
+    return symusic.Track(name, 8 * PROGRAM_GROUP_FAMILIES.index(name), False)
 
 
 # --- generated source -------------------------------------------------------------------------
