@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file
@@ -23,6 +24,8 @@ from x_transformers import TransformerWrapper
 from staria.models.baseline import DecoderOnlyBaseline
 from staria.models.decoder import CrossAttendingDecoder, decoder_blocks
 from staria.models.staria import StariaModel
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
 class AriaCheckpointError(ValueError):
@@ -173,3 +176,11 @@ def load_aria_weights(model: nn.Module, path: str | Path) -> None:
     for fill in fills:
         value = fill.value(state)
         fill.target[: value.shape[0]] = value.to(fill.target.dtype)
+
+
+def with_aria_weights(model: ModelT, aria_weights: str | None) -> ModelT:
+    """`model` with Aria weights loaded from `aria_weights` (None keeps its initialisation);
+    the `_target_` of the Aria-layout net configs, so a path override is all a run needs."""
+    if aria_weights is not None:
+        load_aria_weights(model, aria_weights)
+    return model
