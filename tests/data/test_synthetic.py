@@ -174,6 +174,8 @@ def test_config_rejects_bad_values():
         SynthesisConfig(min_tokens=900, max_tokens=800)
     with pytest.raises(ValueError, match="source_dirs"):
         SynthesisConfig(source="stitched")
+    with pytest.raises(ValueError, match="forms"):
+        SynthesisConfig(forms=("ABBA",))
 
 
 def test_stitched_sources_are_disjoint_across_forms_and_splits(stitched):

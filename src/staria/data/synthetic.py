@@ -28,7 +28,7 @@ from staria.midi_io import (
     MidiSource,
     read_notes,
 )
-from staria.tokenizer import GENRES, TIME_STEP_MS, MusicTokenizerWithStyle
+from staria.tokenizer import FORMS, GENRES, TIME_STEP_MS, MusicTokenizerWithStyle
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,11 @@ class SynthesisConfig:
         object.__setattr__(self, "source_dirs", tuple(Path(d) for d in self.source_dirs))
         if self.source not in SOURCES:
             raise ValueError(f"source: {self.source!r} is not one of {SOURCES}")
+        unknown_forms = [form for form in self.forms if form not in FORMS]
+        if unknown_forms or self.pieces_per_form < 1:
+            raise ValueError(
+                f"forms/pieces_per_form: {unknown_forms or self.pieces_per_form} (forms: {FORMS})"
+            )
         if not 0 < self.min_tokens <= self.max_tokens:
             raise ValueError(
                 f"min_tokens/max_tokens: need 0 < {self.min_tokens} <= {self.max_tokens}"
@@ -227,7 +232,7 @@ def _fit_length(
 
 def _water_fill(capacity: dict[str, int], occurrences: Counter, budget: float) -> dict[str, float]:
     """Per-letter token budgets, equal per occurrence except where a letter's material runs out."""
-    level, remaining, letters_left = 0.0, budget, sum(occurrences.values())
+    remaining, letters_left = budget, sum(occurrences.values())
     for letter in sorted(capacity, key=capacity.get):
         share = remaining / letters_left
         if capacity[letter] >= share:
