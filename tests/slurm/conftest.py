@@ -105,11 +105,15 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     local_conf = CLUSTER_DIR / "slurm.conf"
     with pytest.MonkeyPatch.context() as patch:
         if local_conf.is_file() and "SLURM_CONF" not in os.environ:
+            # sinfo retries a dead controller for about 10 s; up.sh's pid record answers at once.
+            if not (CLUSTER_DIR / "run" / "started.pids").is_file():
+                pytest.skip(f"the local SLURM cluster in {CLUSTER_DIR} is down: run make slurm-up")
             patch.setenv("SLURM_CONF", str(local_conf))
         yield _running_cluster()
 
 
 def _running_cluster() -> SlurmCluster:
+    """The partition and nodes sinfo reports, or a skip if it does not answer."""
     try:
         listing = subprocess.run(
             ["sinfo", "--noheader", "--Node", "--format=%N %P"],
@@ -118,7 +122,9 @@ def _running_cluster() -> SlurmCluster:
             timeout=10,
             check=True,
         ).stdout
-    except (OSError, subprocess.SubprocessError) as error:
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"sinfo failed ({error.stderr.strip()}): run make slurm-up")
+    except (OSError, subprocess.TimeoutExpired) as error:
         pytest.skip(f"no SLURM cluster answers sinfo ({error}): run make slurm-up")
     node_partitions = [line.split() for line in listing.splitlines() if line.strip()]
     default_partitions = {partition for _, partition in node_partitions if partition.endswith("*")}
