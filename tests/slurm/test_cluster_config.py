@@ -28,7 +28,6 @@ def test_slurm_takes_nodes_and_tasks_from_the_trainer():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node) == (3, 2)
     assert launcher.max_num_timeout > 0
-    assert launcher.submitit_folder.startswith(config.hydra.sweep.dir)
 
 
 @pytest.mark.parametrize(
