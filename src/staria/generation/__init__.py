@@ -1,0 +1,1 @@
+"""Generation stage: sample pieces from a trained checkpoint and write them for evaluation."""

@@ -1,0 +1,51 @@
+"""Typed schema of `conf/generate.yaml`: a typo or wrong type in an override fails at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class SamplingConfig:
+    """Filters and length; ranges are checked by `staria.generation.sampling.SamplingSettings`."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    max_length: int = 1024
+
+
+@dataclass
+class PromptConfig:
+    """Where snippets come from (`data`, `midi` or `scratch`) and the form asked for."""
+
+    source: str = "data"
+    midi: list[str] = field(default_factory=list)
+    split_dir: str | None = None
+    split: str = "val"
+    pieces: list[int] | None = None
+    form: str | None = None
+    style_key: str | None = None
+
+
+@dataclass
+class GenerateConfig:
+    checkpoint: str = MISSING
+    run_config: str | None = None
+    out_dir: str | None = None
+    name: str | None = None
+    num_samples: int = 4
+    batch_size: int = 4
+    seed: int = 0
+    device: str = "auto"
+    cache_kv: bool = True
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)

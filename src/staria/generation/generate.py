@@ -1,0 +1,147 @@
+"""`staria-generate`: load a checkpoint, build one prompt per sample, sample, write MIDI + manifest.
+
+Prompts per model (sequence contract of docs/architecture.md): Staria reads the snippets through
+its encoder and starts the decoder at `[instrument prefix, <FORM>, <S>, <A_SECTION>]`; the
+decoder-only baseline reads `<PROMPT_START> snippets... <PROMPT_END>` and the same start; from
+scratch either starts at `[piano prefix, <S>]` with no snippets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from staria.data.preprocess import CachedSplit, TokenLayout, find_index
+from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
+from staria.generation.config import register_configs
+from staria.generation.manifest import write_samples
+from staria.generation.prompts import (
+    Prompt,
+    PromptError,
+    conditioned_prompt,
+    piece_from_midi,
+    piece_from_split,
+    scratch_prompt,
+)
+from staria.generation.sampling import SamplingSettings, sample_pieces
+from staria.models import DecoderOnlyBaseline, StariaModel
+from staria.paths import REPO_ROOT
+from staria.tokenizer import MusicTokenizerWithStyle
+
+log = logging.getLogger(__name__)
+PROMPT_SOURCES = ("data", "midi", "scratch")
+
+register_configs()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def data_split(loaded: LoadedCheckpoint, split: str) -> CachedSplit:
+    """Split `split` of the data the checkpoint was trained on (indexed first if missing)."""
+    datamodule = hydra.utils.instantiate(loaded.data_settings)
+    datamodule.prepare_data()
+    found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
+    if found is None or split not in found.split_dirs:
+        raise PromptError(f"no indexed split {split!r} for the data of {loaded.run_dir}")
+    return CachedSplit(found.split_dirs[split])
+
+
+def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout) -> list[Prompt]:
+    """One prompt per sample; conditioning pieces are used in turn."""
+    source = cfg.prompt.source
+    if source not in PROMPT_SOURCES:
+        raise PromptError(f"prompt.source={source!r} is not one of {PROMPT_SOURCES}")
+    if source == "scratch":
+        return [scratch_prompt(layout.tokenizer)] * cfg.num_samples
+    if source == "midi":
+        if not cfg.prompt.midi:
+            raise PromptError("prompt.source=midi needs prompt.midi=[file.mid, ...]")
+        pieces = [piece_from_midi(path, layout) for path in cfg.prompt.midi]
+    else:
+        split = (
+            CachedSplit(cfg.prompt.split_dir)
+            if cfg.prompt.split_dir
+            else data_split(loaded, cfg.prompt.split)
+        )
+        indices = cfg.prompt.pieces or range(min(cfg.num_samples, len(split)))
+        pieces = [piece_from_split(split, int(i), layout.tokenizer) for i in indices]
+    if not pieces:
+        raise PromptError(f"prompt.source={source}: no conditioning pieces found")
+    data = loaded.data_settings
+    prompts = [
+        conditioned_prompt(
+            piece,
+            layout,
+            form=cfg.prompt.form,
+            style_key=cfg.prompt.style_key or data.style_key,
+            snippet_len=data.snippet_len,
+            max_snippets=data.max_snippets,
+            decoder_only=isinstance(loaded.net, DecoderOnlyBaseline),
+        )
+        for piece in pieces
+    ]
+    return [prompts[i % len(prompts)] for i in range(cfg.num_samples)]
+
+
+def generate(cfg: DictConfig) -> Path:
+    """Run one generation request end to end; returns the manifest's path."""
+    settings = SamplingSettings(**OmegaConf.to_container(cfg.sampling))
+    device = resolve_device(cfg.device)
+    loaded = load_checkpoint(cfg.checkpoint, device, cfg.run_config)
+    if not isinstance(loaded.net, StariaModel | DecoderOnlyBaseline):
+        raise PromptError(
+            f"{cfg.checkpoint}: a {type(loaded.net).__name__} does not generate; "
+            "give a Staria or decoder-only baseline checkpoint"
+        )
+    tokenizer = MusicTokenizerWithStyle()
+    prompts = build_prompts(cfg, loaded, TokenLayout(tokenizer))
+    out_dir = Path(cfg.out_dir or loaded.run_dir / "generated" / (cfg.name or _timestamp()))
+    torch.manual_seed(cfg.seed)
+    log.info("sampling %d pieces from %s into %s", len(prompts), cfg.checkpoint, out_dir)
+    pieces, timing = sample_pieces(
+        loaded.net,
+        prompts,
+        settings,
+        batch_size=cfg.batch_size,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        device=device,
+        cache_kv=cfg.cache_kv,
+    )
+    manifest = write_samples(
+        pieces,
+        out_dir,
+        tokenizer,
+        checkpoint=Path(cfg.checkpoint).resolve(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        seed=cfg.seed,
+        timing=timing,
+    )
+    ended = sum(piece.ended_with_eos for piece in pieces)
+    print(
+        f"{len(pieces)} samples ({ended} ended with <E>) at {timing.tokens_per_s:.1f} tokens/s "
+        f"-> {manifest}"
+    )
+    return manifest
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="generate")
+def main(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+if __name__ == "__main__":
+    main()
