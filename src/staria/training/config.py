@@ -16,8 +16,8 @@ class StageConfig:
     """Which parameters train when (stages.py): A adapters, B progressive unfreezing, C all."""
 
     name: str = "none"
-    unfreeze_every_n_steps: int = 0
-    unfreeze_top_k: int = 0
+    unfreeze_top_k: int = 1
+    unfreeze_every_n_steps: int = 100
     lr_scale: dict[str, float] = field(default_factory=dict)
 
 

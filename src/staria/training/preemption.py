@@ -19,7 +19,9 @@ from staria.training.resume import LAST_CHECKPOINT
 class PreemptionCheckpoint(pl.Callback):
     """Save `last.ckpt` and stop at the step after a preemption signal arrives."""
 
-    def __init__(self, checkpoint_dir: str | Path, signals: tuple[str, ...] = ("SIGUSR2", "SIGTERM")):
+    def __init__(
+        self, checkpoint_dir: str | Path, signals: tuple[str, ...] = ("SIGUSR2", "SIGTERM")
+    ):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.signals = [signal.Signals[name] for name in signals]
         self.signal_received: signal.Signals | None = None

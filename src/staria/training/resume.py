@@ -57,7 +57,9 @@ def resume_point(run_dir: Path, checkpoint_dir: Path) -> ResumePoint:
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return ResumePoint(finished=False)
-    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(
+        checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     candidates.sort(key=lambda p: p.name != LAST_CHECKPOINT)
     skipped = []
     for path in candidates:

@@ -48,7 +48,7 @@ def instantiate_all(group: DictConfig | None) -> list:
 
 @rank_zero_only
 def prepare_run_dir(cfg: DictConfig) -> None:
-    """Store the W&B id (so a resume logs to the same run) and the resolved config, then print it."""
+    """Store the W&B id (a resume logs to the same run) and the resolved config; print it."""
     run_dir = Path(cfg.paths.run_dir)
     if cfg.run_id is None:
         cfg.run_id = wandb_run_id(run_dir)
@@ -66,7 +66,7 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
         rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
         return None
     for skipped in point.skipped:
-        log.warning("cannot resume from %s (%s); trying an older checkpoint", *vars(skipped).values())
+        log.warning("cannot resume from %s (%s); trying an older one", skipped.path, skipped.reason)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_run_dir(cfg)
 
@@ -87,7 +87,8 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     if cfg.train:
         if point.checkpoint is not None:
             rank_zero_only(print)(f"resuming {run_dir} from {point.checkpoint}")
-        trainer.fit(task, datamodule=datamodule, ckpt_path=point.checkpoint)
+        # The run's own checkpoints carry RNG states and config records: trusted, full unpickling.
+        trainer.fit(task, datamodule=datamodule, ckpt_path=point.checkpoint, weights_only=False)
         preempted = any(isinstance(cb, PreemptionCheckpoint) and cb.preempted for cb in callbacks)
         if preempted:
             rank_zero_only(print)(f"preempted at step {trainer.global_step}; rerun to resume")
@@ -107,5 +108,7 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
+
+
 if __name__ == "__main__":
     main()

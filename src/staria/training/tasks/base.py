@@ -14,8 +14,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
+from staria.training.stages import StageSchedule
 
 
 @dataclass
@@ -39,14 +40,14 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 def sequence_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> StepLoss:
-    """Next-token cross entropy where `loss_mask[b, t]` says whether predicting `tokens[b, t]` counts."""
+    """Next-token cross entropy; `loss_mask[b, t]` says whether predicting `tokens[b, t]` counts."""
     targets = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
     return StepLoss(loss, loss_mask[:, 1:].sum())
 
 
 def parameter_counts(net: nn.Module) -> dict[str, int]:
-    """Total and trainable parameters, overall and per top-level part (`encoder`, `decoder`, ...)."""
+    """Total and trainable parameters, overall and per top-level part (`encoder`, `decoder`)."""
     counts: dict[str, int] = {}
     parts = dict(net.named_children()) or {"net": net}
     for part, module in [("all", net), *parts.items()]:
@@ -60,8 +61,6 @@ def build_stage_schedule(stage: dict | None):
     """The stage group's schedule (training/stages.py), or None for models trained whole."""
     if not stage or stage["name"] == "none":
         return None
-    from staria.training.stages import StageSchedule
-
     return StageSchedule.from_config(stage)
 
 
@@ -111,10 +110,13 @@ class TrainingTask(pl.LightningModule):
             min_lr_ratio=sched["min_lr_ratio"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def apply_stage(self) -> None:
-        """Freeze/unfreeze for the current step; a function of `global_step`, so resume restores it."""
+        """Freeze/unfreeze for this step; a function of `global_step`, so resume restores it."""
         if self.stage_schedule is not None:
             self.stage_schedule.apply(self.net, self.global_step)
 
@@ -169,7 +171,10 @@ class TrainingTask(pl.LightningModule):
                     for key, value in state["state_dict"].items()
                     if key.startswith("net.")
                 }
-        result = self.net.load_state_dict(state, strict=False)
+        try:
+            result = self.net.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise InitWeightsError(f"init_from={path}: {error}") from error
         if result.missing_keys or result.unexpected_keys:
             raise InitWeightsError(
                 f"init_from={path}: missing keys {result.missing_keys[:10]}, "

@@ -6,7 +6,7 @@ from staria.training.tasks.base import StepLoss, TrainingTask, sequence_loss
 
 
 class BaselineTask(TrainingTask):
-    """Baseline batches (`<PROMPT_START> ... <PROMPT_END> sequence`); `loss_mask` skips the prompt."""
+    """Batches `<PROMPT_START> ... <PROMPT_END> sequence`; `loss_mask` skips the prompt."""
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
         logits = self.net(batch["tokens"], batch["token_mask"])

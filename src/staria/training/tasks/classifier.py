@@ -1,14 +1,14 @@
 """Form / style / per-token section classifier training (evaluation and wake-sleep use it)."""
 
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from staria.training.tasks.base import StepLoss, TrainingTask
 
 
 class ClassifierTask(TrainingTask):
-    """Sum of three cross entropies; labels of -100 (unknown style, unlabelled token) are skipped."""
+    """Sum of three cross entropies; labels -100 (unknown style, unlabelled token) are skipped."""
 
     reports_perplexity = False
     heads = ("form", "style", "section")

@@ -1,7 +1,7 @@
 """Snippet-encoder pre-training: two views of a section should embed close, others apart."""
 
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from staria.training.tasks.base import StepLoss, TrainingTask
 

@@ -1,0 +1,180 @@
+"""The real `conf/` composed and shrunk (tiny nets, synthetic data, CPU), run through `train`."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import open_dict
+
+from staria.paths import REPO_ROOT
+from staria.training.checkpointing import HISTORY_FILE
+from staria.training.config import MissingConfigValueError
+from staria.training.resume import FINISHED_MARKER, resume_point
+from staria.training.train import train
+
+CONF_DIR = REPO_ROOT / "conf"
+PRESETS = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.yaml"))
+TINY_NET = {"staria": "staria_tiny", "baseline": "baseline_tiny", "contrastive": "encoder_tiny"}
+TINY_NET["classifier"] = "classifier_tiny"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_cache(tmp_path_factory):
+    os.environ["STARIA_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+
+
+def compose_train(run_dir: Path, *overrides: str):
+    """The real config, small enough for a CPU test, with `run_dir` as the run folder."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.run_dir={run_dir}",
+                "print_config=false",
+                "logger=none",
+                "data.max_seq_len=128",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # as in a real run: the task function never sees the `hydra` node
+    return cfg
+
+
+def smoke(run_dir: Path, *overrides: str):
+    return compose_train(run_dir, "experiment=smoke", *overrides)
+
+
+def preset_model(preset: str) -> str:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    return cfg.hydra.runtime.choices["model"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs_a_fast_dev_run(preset, tmp_path):
+    model = preset_model(preset)
+    cfg = compose_train(
+        tmp_path,
+        f"experiment={preset}",
+        f"model/net={TINY_NET[model]}",
+        "data=synthetic",
+        "data.max_seq_len=128",
+        "trainer=cpu",
+        "+trainer.fast_dev_run=1",
+        "logger=none",
+    )
+    trainer = train(cfg)
+    assert trainer.global_step == 1
+
+
+def test_a_typo_in_an_override_names_the_key(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="max_step"):
+        smoke(tmp_path, "trainer.max_step=3")
+    with pytest.raises(ConfigCompositionException, match="unfreeze_every"):
+        smoke(tmp_path, "stage.unfreeze_every=not-a-number")
+
+
+def test_a_wrong_type_for_a_typed_key_names_it(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="unfreeze_top_k"):
+        smoke(tmp_path, "stage.unfreeze_top_k=many")
+
+
+def test_a_missing_required_value_names_the_key(tmp_path):
+    cfg = smoke(tmp_path, "paths.data_dir=???")
+    with pytest.raises(MissingConfigValueError, match=r"paths\.data_dir"):
+        train(cfg)
+
+
+class SignalAtStep(pl.Callback):
+    """Sends the process SIGUSR2 (what submitit sends before a time limit) during step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def final_weights(trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.lightning_module.net.state_dict().items()}
+
+
+def test_preempted_run_resumes_at_its_step_and_matches_an_uninterrupted_run(tmp_path):
+    steps = ("trainer.max_steps=6", "callbacks.checkpointing.last_every_n_steps=100")
+    straight = train(smoke(tmp_path / "straight", *steps))
+    assert straight.global_step == 6
+
+    run_dir = tmp_path / "preempted"
+    cfg = smoke(run_dir, *steps)
+    with open_dict(cfg):
+        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": 2}
+    stopped = train(cfg)
+    assert stopped.global_step == 3
+    assert not (run_dir / FINISHED_MARKER).exists()
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3
+    assert last["optimizer_states"][0]["state"], "optimizer moments were checkpointed"
+
+    resumed = train(smoke(run_dir, *steps))
+    assert resumed.global_step == 6
+    assert (run_dir / FINISHED_MARKER).exists()
+    straight_weights, resumed_weights = final_weights(straight), final_weights(resumed)
+    for name, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, msg=name)
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    assert train(smoke(tmp_path)).global_step == 4
+    assert train(smoke(tmp_path)) is None
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    train(smoke(tmp_path))
+    checkpoints = tmp_path / "checkpoints"
+    (tmp_path / FINISHED_MARKER).unlink()
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    point = resume_point(tmp_path, checkpoints)
+    assert [s.path for s in point.skipped] == [last]
+    assert point.checkpoint is not None and point.checkpoint.name.startswith("epoch0-step4")
+
+
+def test_checkpoint_history_records_writes_and_top_k_removals(tmp_path):
+    train(smoke(tmp_path, "trainer.max_steps=6"))
+    events = json.loads((tmp_path / "checkpoints" / HISTORY_FILE).read_text())
+    written = [e for e in events if e["event"] == "written"]
+    removed = [e for e in events if e["event"] == "removed"]
+    assert {e["step"] for e in written if e["path"].endswith("last.ckpt")} == {2, 4, 6}
+    best = [e for e in written if e["metric"] == "val/loss"]
+    assert [e["step"] for e in best] == [2, 4, 6]
+    assert all(isinstance(e["value"], float) for e in best)
+    assert len(removed) == 1 and removed[0]["path"] in {e["path"] for e in best}
+    remaining = {p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")}
+    assert len(remaining) == 3  # top-2 plus last.ckpt
+
+
+def test_stage_b_initialises_from_stage_a_weights_without_resuming(tmp_path):
+    stage_a = train(smoke(tmp_path / "a", "stage=A"))
+    weights_a = final_weights(stage_a)
+    cfg = smoke(
+        tmp_path / "b",
+        "stage=B",
+        f"init_from={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_steps=1",
+        "model.optimizer.lr=0.0",
+    )
+    stage_b = train(cfg)
+    assert stage_b.global_step == 1, "init_from starts at step 0, it does not resume step 4"
+    for name, value in final_weights(stage_b).items():
+        torch.testing.assert_close(value, weights_a[name], msg=name)
