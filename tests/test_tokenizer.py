@@ -15,26 +15,6 @@ _reference = (
     json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {"files": {}, "errors": {}}
 )
 
-# Files where symusic's view loses what Aria's mido-based reader uses: the file order of
-# simultaneous note-offs (ties at one onset), pedal events in a note-less track, and the
-# release of a pedal left down at the end. Strict xfail: a fix shows up as XPASS.
-KNOWN_MISMATCHES = {
-    "aria-utils-tests/arabesque.mid", "aria-utils-tests/basic.mid", "aria-utils-tests/pop.mid",
-    "aria-utils-tests/transcription.mid", "miditok-tests/6338816_Etude No. 4.mid",
-    "miditok-tests/6354774_Macabre Waltz.mid", "miditok-tests/All The Small Things.mid",
-    "miditok-tests/Funkytown.mid", "miditok-tests/Girls Just Want to Have Fun.mid",
-    "miditok-tests/Maestro_3.mid", "miditok-tests/Mr. Blue Sky.mid",
-    "miditok-tests/POP909_008.mid", "miditok-tests/POP909_010.mid",
-    "miditok-tests/POP909_022.mid", "miditok-tests/POP909_191.mid",
-    "miditok-tests/What a Fool Believes.mid", "miditok-tests/d6caebd1964d9e4a3c5ea59525230e2a.mid",
-    "miditok-tests/d8faddb8596fff7abb24d78666f73e4e.mid", "symusic-tests/2.midi",
-    "symusic-tests/4.midi", "symusic-tests/RunTimeError_unexpected_EOF.mid",
-    "symusic-tests/issue90.mid", "pretty-midi/example.mid", "aria-example-prompts/classical.mid",
-    "aria-example-prompts/nocturne.mid", "aria-example-prompts/pokey_jazz.mid",
-    "aria-example-prompts/smooth_jazz.mid", "aria-example-prompts/waltz.mid",
-    "aria-example-prompts/yesterday.mid",
-}  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -56,12 +36,7 @@ def test_vocabulary_is_aria_then_staria(tokenizer, shared_midi_dir):
         tokenizer.section_token("E")
 
 
-def _reference_case(name):
-    marks = [pytest.mark.xfail(strict=True, reason="known symusic/mido gap")]
-    return pytest.param(name, marks=marks if name in KNOWN_MISMATCHES else [])
-
-
-@pytest.mark.parametrize("name", [_reference_case(name) for name in _reference["files"]])
+@pytest.mark.parametrize("name", list(_reference["files"]))
 def test_ids_match_aria_reference(tokenizer, shared_midi_dir, name):
     expected = _reference["files"][name]
     got = tokenizer.encode(tokenizer.tokenize(shared_midi_dir / name, add_dim_tok=False))

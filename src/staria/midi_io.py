@@ -1,7 +1,9 @@
-"""MIDI files <-> note arrays on a millisecond clock: the part of tokenization that touches MIDI.
+"""MIDI files -> note arrays with Aria's timing: the part of tokenization that touches MIDI.
 
-Parsing goes through symusic (compiled) so the bulk path never loops over notes in Python;
-the arrays it returns carry everything the tokenizer needs, already pedal-resolved.
+`staria.midi_events` reads the bytes (compiled); everything here works on whole arrays or in
+small compiled kernels, never note by note in Python. The rules are Aria's: notes pair within
+a track per (channel, pitch), a program change anywhere sets the instrument of its channel,
+the sustain pedal is per channel across tracks, and times come from Aria's own tick->ms sum.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pretty_midi
-import symusic
+from numba import njit
+
+from staria.midi_events import (
+    NOTE_OFF,
+    NOTE_ON,
+    PEDAL,
+    PROGRAM,
+    MidiFormatError,
+    read_events,
+)
+from staria.midi_events import SUSTAIN_PEDAL_CC as SUSTAIN_PEDAL_CC  # used by MIDI writers
 
 # General MIDI groups programs in blocks of 8; None marks the groups Aria drops.
 PROGRAM_GROUP_FAMILIES: tuple[str | None, ...] = (
@@ -38,8 +50,10 @@ DRUM = "drum"
 FAMILIES: tuple[str, ...] = (*PITCHED_FAMILIES, DRUM)
 DRUM_FAMILY_INDEX = FAMILIES.index(DRUM)
 DRUM_CHANNEL = 9
-SUSTAIN_PEDAL_CC = 64
+PEDAL_DOWN = 64  # a CC64 value at or above this holds notes
 DEFAULT_TEMPO_US_PER_BEAT = 500_000
+# FAMILIES index of each program group, -1 for the groups Aria drops.
+_GROUP_FAMILY = np.array([FAMILIES.index(f) if f else -1 for f in PROGRAM_GROUP_FAMILIES])
 
 MidiSource = str | Path | bytes | pretty_midi.PrettyMIDI
 
@@ -57,8 +71,7 @@ class MidiReadError(Exception):
 class NoteTable:
     """Notes of one piece, one entry per note, in start order; times in ms from the file start.
 
-    `family` indexes `FAMILIES`; `end_ms` already includes sustain-pedal extension and the
-    trimming of overlapping notes of the same pitch.
+    `family` indexes `FAMILIES`; `end_ms` already includes sustain-pedal extension.
     """
 
     family: np.ndarray
@@ -78,17 +91,33 @@ def source_name(midi: MidiSource) -> str:
     return "<bytes>" if isinstance(midi, bytes) else "<PrettyMIDI>"
 
 
-def _parse_score(midi: MidiSource) -> symusic.Score:
+@dataclass(frozen=True)
+class AriaNotes(NoteTable):
+    """A `NoteTable` read from MIDI, with the integer times and instruments Aria tokenizes.
+
+    Aria sums tick spans through the tempo map in its own way (rounded per note, from the first
+    note for onsets; past the last tempo change it mixes the last two tempos), so its times can
+    differ from `start_ms`/`end_ms` by a few ms or more; `duration_ms` may even be negative.
+    `prefix_families` also counts channels that set a program but play no note.
+    """
+
+    onset_ms: np.ndarray
+    duration_ms: np.ndarray
+    prefix_families: np.ndarray
+
+
+def midi_bytes(midi: MidiSource) -> bytes:
+    """The file bytes of a path, bytes or PrettyMIDI input."""
+    if isinstance(midi, bytes):
+        return midi
     if isinstance(midi, pretty_midi.PrettyMIDI):
         buffer = io.BytesIO()
         midi.write(buffer)
-        midi = buffer.getvalue()
+        return buffer.getvalue()
     try:
-        if isinstance(midi, bytes):
-            return symusic.Score.from_midi(midi)
-        return symusic.Score.from_file(str(midi))
-    except (RuntimeError, ValueError, OSError) as error:
-        raise MidiReadError(source_name(midi), f"unreadable MIDI ({error})") from error
+        return Path(midi).read_bytes()
+    except OSError as error:
+        raise MidiReadError(str(midi), f"cannot read file ({error.strerror})") from error
 
 
 def ticks_to_ms(
@@ -105,55 +134,171 @@ def ticks_to_ms(
     return segment_start_ms[segment] + (ticks - tempo_ticks[segment]) * ms_per_tick[segment]
 
 
-def _sustained_ends(
-    ends: np.ndarray, controls: dict[str, np.ndarray], last_tick: int
-) -> np.ndarray:
-    """Move each note end that falls while the sustain pedal is down to the pedal's release.
+@njit(cache=True)
+def _pair_notes(tick, track, kind, channel, key, value):
+    """Aria's note pairing: rows (pitch, channel, start, end, velocity) in note-off order.
 
-    A pedal still down at the end releases at `last_tick`, the end of the last track with notes.
+    Within one track, a note-off closes every open note of its (channel, pitch) that started
+    at an earlier tick; notes started at the very tick stay open only if older ones closed.
     """
-    is_pedal = controls["number"] == SUSTAIN_PEDAL_CC
-    if not is_pedal.any():
-        return ends
-    pedal_ticks = controls["time"][is_pedal].astype(np.int64)
-    pedal_down = controls["value"][is_pedal] >= 64
-    release_ticks = np.where(pedal_down, last_tick, pedal_ticks)
-    next_release = np.minimum.accumulate(release_ticks[::-1])[::-1]
-    # A pedal event at the very tick of a note-off does not hold that note.
-    last_event = np.searchsorted(pedal_ticks, ends, side="left") - 1
-    held = (last_event >= 0) & pedal_down[np.maximum(last_event, 0)]
-    return np.where(held, np.maximum(next_release[np.maximum(last_event, 0)], ends), ends)
-
-
-def read_notes(midi: MidiSource) -> NoteTable:
-    """Parse MIDI into a `NoteTable`; `MidiReadError` if unreadable or without kept notes."""
-    score = _parse_score(midi)
-    last_note_end = max((track.end() for track in score.tracks if len(track.notes)), default=0)
-    families, voices, pitches, velocities, starts, ends, raw_ends = [], [], [], [], [], [], []
-    for voice, track in enumerate(score.tracks):
-        family = DRUM if track.is_drum else PROGRAM_GROUP_FAMILIES[track.program // 8]
-        if family is None or len(track.notes) == 0:
+    head = np.full(16 * 128, -1, dtype=np.int64)
+    tail = np.full(16 * 128, -1, dtype=np.int64)
+    after = np.full(len(tick), -1, dtype=np.int64)
+    notes = np.empty((len(tick), 5), dtype=np.int64)
+    count = 0
+    current_track = -1
+    for i in range(len(tick)):
+        if kind[i] != NOTE_ON and kind[i] != NOTE_OFF:
             continue
-        notes = track.notes.numpy()
-        start = notes["time"].astype(np.int64)
-        end = start + notes["duration"]
-        raw_ends.append(end)
-        if family != DRUM:
-            end = _sustained_ends(end, track.controls.numpy(), last_note_end)
-        families.append(np.full(len(start), FAMILIES.index(family), dtype=np.int64))
-        voices.append(np.full(len(start), voice, dtype=np.int64))
-        pitches.append(notes["pitch"].astype(np.int64))
-        velocities.append(notes["velocity"].astype(np.int64))
-        starts.append(start)
-        ends.append(end)
-    if not starts:
-        raise MidiReadError(source_name(midi), "no notes on any kept instrument")
-    family, voice, pitch, velocity, start, end, raw_end = (
-        np.concatenate(parts)
-        for parts in (families, voices, pitches, velocities, starts, ends, raw_ends)
+        if track[i] != current_track:
+            head[:] = -1
+            current_track = track[i]
+        slot = channel[i] * 128 + key[i]
+        if kind[i] == NOTE_ON:
+            after[i] = -1
+            if head[slot] < 0:
+                head[slot] = i
+            else:
+                after[tail[slot]] = i
+            tail[slot] = i
+        elif head[slot] >= 0:
+            closed = False
+            kept_head, kept_tail = -1, -1
+            j = head[slot]
+            while j >= 0:
+                following = after[j]
+                if tick[j] != tick[i]:
+                    notes[count, 0] = key[i]
+                    notes[count, 1] = channel[i]
+                    notes[count, 2] = tick[j]
+                    notes[count, 3] = tick[i]
+                    notes[count, 4] = value[j]
+                    count += 1
+                    closed = True
+                else:
+                    after[j] = -1
+                    if kept_head < 0:
+                        kept_head = j
+                    else:
+                        after[kept_tail] = j
+                    kept_tail = j
+                j = following
+            head[slot] = kept_head if closed else -1
+            tail[slot] = kept_tail
+    return notes[:count]
+
+
+@njit(cache=True)
+def _sustained_ends(channel, end, pedal_tick, pedal_channel, pedal_down, final_tick):
+    """Note ends moved to the pedal release when released strictly inside a pedal interval.
+
+    Per channel an interval opens at the first down while up and closes at the next up; one
+    still open at the end closes at `final_tick`. Drum channel notes are never held.
+    """
+    interval_start = np.empty((16, len(pedal_tick) + 1), dtype=np.int64)
+    interval_end = np.empty((16, len(pedal_tick) + 1), dtype=np.int64)
+    count = np.zeros(16, dtype=np.int64)
+    open_at = np.full(16, -1, dtype=np.int64)
+    for i in range(len(pedal_tick)):
+        c = pedal_channel[i]
+        if pedal_down[i] and open_at[c] < 0:
+            open_at[c] = pedal_tick[i]
+        elif not pedal_down[i] and open_at[c] >= 0:
+            interval_start[c, count[c]] = open_at[c]
+            interval_end[c, count[c]] = pedal_tick[i]
+            count[c] += 1
+            open_at[c] = -1
+    for c in range(16):
+        if open_at[c] >= 0:
+            interval_start[c, count[c]] = open_at[c]
+            interval_end[c, count[c]] = final_tick
+            count[c] += 1
+    held = end.copy()
+    for i in range(len(end)):
+        c = channel[i]
+        if c == DRUM_CHANNEL or count[c] == 0:
+            continue
+        # Intervals are disjoint and in order: only the last one starting before the end can hold.
+        k = np.searchsorted(interval_start[c, : count[c]], end[i]) - 1
+        if k >= 0 and end[i] < interval_end[c, k]:
+            held[i] = interval_end[c, k]
+    return held
+
+
+@njit(cache=True)
+def _aria_ms(start, end, tempo_tick, tempo, ticks_per_beat):
+    """Aria's rounded ms between tick pairs, with its float arithmetic and its tempo quirk.
+
+    The sum starts at the tempo change before the one at or after `start` (the second-to-last
+    when `start` is past them all), so spans past the last change mix in the tempo before it.
+    """
+    last = len(tempo_tick) - 1
+    out = np.empty(len(start), dtype=np.int64)
+    for i in range(len(start)):
+        s, e = start[i], end[i]
+        first = min(np.searchsorted(tempo_tick, s), last)
+        first = first - 1 if first > 0 else 0
+        seconds = 0.0
+        now = s
+        for k in range(first, last):
+            scale = tempo[k] * 1e-6 / ticks_per_beat
+            if e < tempo_tick[k + 1]:
+                seconds += (e - now) * scale
+                break
+            seconds += (tempo_tick[k + 1] - now) * scale
+            now = tempo_tick[k + 1]
+        if e > tempo_tick[last]:
+            seconds += (e - now) * (tempo[last] * 1e-6 / ticks_per_beat)
+        out[i] = np.int64(np.rint(seconds * 1e3))
+    return out
+
+
+def read_notes(midi: MidiSource) -> AriaNotes:
+    """Parse MIDI into `AriaNotes`; `MidiReadError` if unreadable or without kept notes."""
+    name = source_name(midi)
+    try:
+        events = read_events(midi_bytes(midi))
+    except MidiFormatError as error:
+        raise MidiReadError(name, error.reason) from error
+    notes = _pair_notes(
+        events.tick, events.track, events.kind, events.channel, events.key, events.value
     )
-    order = np.lexsort((raw_end, voice, start))
-    tempos = score.tempos.numpy()
-    tempo_ticks, tempo_us = tempos["time"].astype(np.int64), tempos["mspq"].astype(np.int64)
-    to_ms = lambda ticks: ticks_to_ms(ticks[order], tempo_ticks, tempo_us, score.ticks_per_quarter)  # noqa: E731
-    return NoteTable(family[order], pitch[order], velocity[order], to_ms(start), to_ms(end))
+    by_tick = np.argsort(events.tick, kind="stable")
+    kind, channel = events.kind[by_tick], events.channel[by_tick]
+    tick, key, value = events.tick[by_tick], events.key[by_tick], events.value[by_tick]
+    is_program = kind == PROGRAM
+    program_family = _GROUP_FAMILY[key[is_program] // 8]
+    program_channel = channel[is_program]
+    # A channel that ever selects a dropped program loses all its notes (not the drum channel).
+    dropped = np.unique(program_channel[(program_family < 0) & (program_channel != DRUM_CHANNEL)])
+    notes = notes[~np.isin(notes[:, 1], dropped)]
+    if len(notes) == 0:
+        raise MidiReadError(name, "no notes on any kept instrument")
+    notes = notes[np.argsort(notes[:, 2], kind="stable")]
+    pitch, note_channel, start, end, velocity = notes.T
+    # The last program change of a channel sets its instrument; channels without one are piano.
+    kept = ~np.isin(program_channel, dropped) & (program_channel != DRUM_CHANNEL)
+    channel_family = np.full(16, FAMILIES.index("piano"))
+    channel_family[program_channel[kept]] = program_family[kept]
+    channel_family[DRUM_CHANNEL] = DRUM_FAMILY_INDEX
+    family = channel_family[note_channel]
+    prefix_families = np.union1d(family, channel_family[program_channel[kept]])
+    is_pedal = (kind == PEDAL) & ~np.isin(channel, dropped)
+    end = _sustained_ends(
+        note_channel, end, tick[is_pedal], channel[is_pedal], value[is_pedal] >= PEDAL_DOWN, end[-1]
+    )
+    tempo_order = np.argsort(events.tempo_tick, kind="stable")
+    tempo_tick, tempo = events.tempo_tick[tempo_order], events.tempo[tempo_order]
+    if len(tempo) == 0:
+        tempo_tick, tempo = np.zeros(1, np.int64), np.full(1, DEFAULT_TEMPO_US_PER_BEAT)
+    tpq = events.ticks_per_beat
+    return AriaNotes(
+        family=family,
+        pitch=pitch,
+        velocity=velocity,
+        start_ms=ticks_to_ms(start, tempo_tick, tempo, tpq),
+        end_ms=ticks_to_ms(end, tempo_tick, tempo, tpq),
+        onset_ms=_aria_ms(np.full_like(start, start[0]), start, tempo_tick, tempo, tpq),
+        duration_ms=_aria_ms(start, end, tempo_tick, tempo, tpq),
+        prefix_families=prefix_families,
+    )

@@ -16,6 +16,7 @@ from staria.midi_io import (
     FAMILIES,
     PITCHED_FAMILIES,
     PROGRAM_GROUP_FAMILIES,
+    AriaNotes,
     MidiReadError,
     MidiSource,
     NoteTable,
@@ -158,10 +159,17 @@ class MusicTokenizerWithStyle:
     def notes_to_ids(
         self, notes: NoteTable, add_dim_tok: bool = False, add_eos_tok: bool = True
     ) -> np.ndarray:
-        onset_abs = np.rint(notes.start_ms - notes.start_ms[0]).astype(np.int64)
-        duration = self._dur_table[
-            np.minimum(np.rint(notes.end_ms - notes.start_ms).astype(np.int64), MAX_DUR_MS)
-        ]
+        """Token ids of a note table; `AriaNotes` carry Aria's exact times and instruments."""
+        if isinstance(notes, AriaNotes):
+            onset_abs, raw_duration = notes.onset_ms, notes.duration_ms
+            families = notes.prefix_families
+        else:
+            onset_abs = np.rint(notes.start_ms - notes.start_ms[0]).astype(np.int64)
+            raw_duration = np.rint(notes.end_ms - notes.start_ms).astype(np.int64)
+            families = np.unique(notes.family)
+        duration = self._dur_table[np.clip(raw_duration, 0, MAX_DUR_MS)]
+        # Floor division and modulo as in Python: an onset before the first note (possible
+        # with Aria's clock) sits in segment -1 and adds no <T>.
         onset = self._onset_table[onset_abs % SEGMENT_MS]
         segment = onset_abs // SEGMENT_MS
         velocity = self._velocity_table[notes.velocity]
@@ -174,7 +182,7 @@ class MusicTokenizerWithStyle:
             + (notes.family * 128 + notes.pitch) * self._velocity_levels
             + velocity // VELOCITY_STEP,
         )
-        time_tokens = np.diff(segment, prepend=0)
+        time_tokens = np.maximum(np.diff(segment, prepend=0), 0)
         note_len = np.where(is_drum, 2, 3)
         lengths = time_tokens + note_len
         ends = np.cumsum(lengths)
@@ -184,7 +192,6 @@ class MusicTokenizerWithStyle:
         body[note_at + 1] = self._onset_base + onset // TIME_STEP_MS
         pitched = ~is_drum
         body[note_at[pitched] + 2] = self._dur_base + duration[pitched] // TIME_STEP_MS
-        families = np.unique(notes.family)
         prefix = self._prefix_base + families
         if add_dim_tok and len(body) > DIM_TOKEN_OFFSET:
             # <D> goes at the first note boundary at least DIM_TOKEN_OFFSET tokens before the end.

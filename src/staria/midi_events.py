@@ -1,0 +1,266 @@
+"""Standard MIDI File bytes -> flat event arrays, compiled with numba.
+
+The reader accepts and refuses exactly what mido (the reader behind Aria's tokenizer) does,
+and keeps what Aria's tokenization depends on that compiled libraries such as symusic drop:
+every track (also those without notes), each event's channel, and each event's position in
+its track. Only the events Aria uses are kept: notes, sustain pedal, program changes, tempo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+NOTE_ON, NOTE_OFF, PEDAL, PROGRAM = 0, 1, 2, 3  # `MidiEvents.kind`
+SUSTAIN_PEDAL_CC = 64
+TEMPO_META = 0x51
+MAX_MESSAGE_LENGTH = 1_000_000  # mido refuses longer meta and sysex messages
+
+# Error codes the compiled reader returns; `read_events` turns them into messages.
+OK, EOF, NO_HEADER, NO_TRACK_HEADER, NO_RUNNING_STATUS = 0, 1, 2, 3, 4
+UNDEFINED_STATUS, DATA_BYTE, TOO_LONG, BAD_META, TRACK_OVERRUN, BAD_DIVISION = 5, 6, 7, 8, 9, 10
+REASONS = {
+    EOF: "file ends inside {where}",
+    NO_HEADER: "no MThd header: not a MIDI file",
+    NO_TRACK_HEADER: "no MTrk header at the start of {where}",
+    NO_RUNNING_STATUS: "data byte without a running status in {where}",
+    UNDEFINED_STATUS: "undefined status byte 0x{value:02x} in {where}",
+    DATA_BYTE: "data byte {value} out of range 0..127 in {where}",
+    TOO_LONG: "message of {value} bytes exceeds 1000000 in {where}",
+    BAD_META: "malformed meta message of type 0x{value:02x} in {where}",
+    TRACK_OVERRUN: "{where} runs past its declared length",
+    BAD_DIVISION: "unsupported time division {value} (SMPTE or zero)",
+}
+
+# Bytes of a channel or system message including its status byte, by status; 0 = undefined.
+_MESSAGE_LENGTH = np.zeros(256, dtype=np.int64)
+_MESSAGE_LENGTH[0x80:0xF0] = 3
+_MESSAGE_LENGTH[0xC0:0xE0] = 2
+_MESSAGE_LENGTH[[0xF1, 0xF3]] = 2
+_MESSAGE_LENGTH[0xF2] = 3
+_MESSAGE_LENGTH[[0xF6, 0xF8, 0xFA, 0xFB, 0xFC, 0xFE]] = 1
+
+
+class MidiFormatError(Exception):
+    """Bytes that are not a MIDI file mido would read; `reason` says what is wrong and where."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MidiEvents:
+    """The events Aria uses, in file order (track by track, in track order); ticks absolute.
+
+    `kind` is NOTE_ON (velocity > 0), NOTE_OFF (note-off or note-on with velocity 0), PEDAL
+    (CC64, `value` = pedal value) or PROGRAM (`key` = program); for notes `key` is the pitch
+    and `value` the velocity. Tempo events (µs per beat) keep file order too.
+    """
+
+    ticks_per_beat: int
+    tick: np.ndarray
+    track: np.ndarray
+    kind: np.ndarray
+    channel: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
+    tempo_tick: np.ndarray
+    tempo: np.ndarray
+
+
+@njit(cache=True)
+def _read_vlq(data, pos):
+    """(value, next position), or (-1, -1) if the file ends inside the number."""
+    value = 0
+    while True:
+        if pos >= len(data):
+            return -1, -1
+        byte = data[pos]
+        pos += 1
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, pos
+
+
+@njit(cache=True)
+def _meta_is_valid(meta_type, data, start, length):
+    """Whether mido can decode this meta message (it refuses short or out-of-range data)."""
+    if meta_type == 0x00:
+        return length != 1
+    if meta_type == 0x20:
+        return length >= 1
+    if meta_type == 0x51:
+        return length >= 3
+    if meta_type == 0x54:
+        if length < 5:
+            return False
+        return (
+            data[start] >> 5 <= 3
+            and data[start + 1] <= 59
+            and data[start + 2] <= 59
+            and data[start + 4] <= 99
+        )
+    if meta_type == 0x58:
+        return length >= 4
+    if meta_type == 0x59:
+        if length < 2:
+            return False
+        key = np.int64(data[start])
+        key = key - 256 if key > 127 else key
+        return -7 <= key <= 7 and data[start + 1] <= 1
+    return True
+
+
+@njit(cache=True)
+def _u32(data, pos):
+    return (
+        (np.int64(data[pos]) << 24)
+        | (np.int64(data[pos + 1]) << 16)
+        | (np.int64(data[pos + 2]) << 8)
+        | np.int64(data[pos + 3])
+    )
+
+
+@njit(cache=True)
+def _is_tag(data, pos, tag):
+    return np.all(data[pos : pos + 4] == tag)
+
+
+@njit(cache=True)
+def _read(data, message_length, events, tempos, counters):
+    """Fill `events` (tick, track, kind, channel, key, value rows) and `tempos` (tick, tempo).
+
+    Returns (error, error value, track or -1, ticks per beat); `counters` gets the number of
+    events and tempos. Every read is bounds-checked, so a truncated file yields EOF.
+    """
+    n = len(data)
+    if n < 8:
+        return EOF, 0, -1, 0
+    if not _is_tag(data, 0, np.array([77, 84, 104, 100])):  # MThd
+        return NO_HEADER, 0, -1, 0
+    size = _u32(data, 4)
+    if min(size, n - 8) < 6:
+        return EOF, 0, -1, 0
+    num_tracks = (np.int64(data[10]) << 8) | np.int64(data[11])
+    num_tracks = num_tracks - 65536 if num_tracks > 32767 else num_tracks  # signed, like mido
+    division = (np.int64(data[12]) << 8) | np.int64(data[13])
+    if division == 0 or division > 32767:
+        return BAD_DIVISION, division, -1, division
+    track_tag = np.array([77, 84, 114, 107])  # MTrk
+    count = 0
+    tempo_count = 0
+    pos = min(8 + size, n)
+    for track in range(num_tracks):
+        counters[0], counters[1] = count, tempo_count
+        if pos + 8 > n:
+            return EOF, 0, track, division
+        if not _is_tag(data, pos, track_tag):
+            return NO_TRACK_HEADER, 0, track, division
+        end = pos + 8 + _u32(data, pos + 4)
+        pos += 8
+        now = np.int64(0)
+        last_status = np.int64(-1)
+        while pos != end:
+            if pos > end:
+                return TRACK_OVERRUN, 0, track, division
+            delta, pos = _read_vlq(data, pos)
+            if pos < 0 or pos >= n:
+                return EOF, 0, track, division
+            now += delta
+            status = np.int64(data[pos])
+            pos += 1
+            peek = np.int64(-1)
+            if status < 0x80:
+                if last_status < 0:
+                    return NO_RUNNING_STATUS, 0, track, division
+                peek = status
+                status = last_status
+            elif status != 0xFF:
+                last_status = status
+            if status == 0xFF:
+                if pos >= n:
+                    return EOF, 0, track, division
+                meta_type = np.int64(data[pos])
+                length, pos = _read_vlq(data, pos + 1)
+                if pos < 0:
+                    return EOF, 0, track, division
+                if length > MAX_MESSAGE_LENGTH:
+                    return TOO_LONG, length, track, division
+                if pos + length > n:
+                    return EOF, 0, track, division
+                if not _meta_is_valid(meta_type, data, pos, length):
+                    return BAD_META, meta_type, track, division
+                if meta_type == TEMPO_META:
+                    tempos[tempo_count, 0] = now
+                    tempos[tempo_count, 1] = (
+                        (np.int64(data[pos]) << 16)
+                        | (np.int64(data[pos + 1]) << 8)
+                        | np.int64(data[pos + 2])
+                    )
+                    tempo_count += 1
+                pos += length
+            elif status == 0xF0 or status == 0xF7:
+                # A running-status data byte before sysex is dropped, as mido does.
+                length, pos = _read_vlq(data, pos)
+                if pos < 0:
+                    return EOF, 0, track, division
+                if length > MAX_MESSAGE_LENGTH:
+                    return TOO_LONG, length, track, division
+                if pos + length > n:
+                    return EOF, 0, track, division
+                pos += length
+            else:
+                length = message_length[status]
+                to_read = length - 1 - (1 if peek >= 0 else 0)
+                if length == 0 or to_read < 0:
+                    return UNDEFINED_STATUS, status, track, division
+                if pos + to_read > n:
+                    return EOF, 0, track, division
+                if peek > 127:
+                    return DATA_BYTE, peek, track, division
+                for i in range(pos, pos + to_read):
+                    if data[i] > 127:
+                        return DATA_BYTE, np.int64(data[i]), track, division
+                first = peek if peek >= 0 else (np.int64(data[pos]) if to_read > 0 else 0)
+                second = np.int64(data[pos + to_read - 1]) if length == 3 else 0
+                pos += to_read
+                high = status & 0xF0
+                event = -1
+                if high == 0x90:
+                    event = NOTE_ON if second > 0 else NOTE_OFF
+                elif high == 0x80:
+                    event = NOTE_OFF
+                elif high == 0xB0 and first == SUSTAIN_PEDAL_CC:
+                    event = PEDAL
+                elif high == 0xC0:
+                    event = PROGRAM
+                if event >= 0 and status < 0xF0:
+                    events[count, 0] = now
+                    events[count, 1] = track
+                    events[count, 2] = event
+                    events[count, 3] = status & 0x0F
+                    events[count, 4] = first
+                    events[count, 5] = second
+                    count += 1
+    counters[0], counters[1] = count, tempo_count
+    return OK, 0, -1, division
+
+
+def read_events(data: bytes) -> MidiEvents:
+    """All Aria-relevant events of a MIDI file; `MidiFormatError` where mido would refuse it."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # Each kept event takes at least 2 bytes (delta, data byte), each tempo at least 7.
+    events = np.empty((len(buffer) // 2 + 1, 6), dtype=np.int64)
+    tempos = np.empty((len(buffer) // 7 + 1, 2), dtype=np.int64)
+    counters = np.zeros(2, dtype=np.int64)
+    error, error_value, error_track, division = _read(
+        buffer, _MESSAGE_LENGTH, events, tempos, counters
+    )
+    if error != OK:
+        where = "the header" if error_track < 0 else f"track {error_track}"
+        raise MidiFormatError(REASONS[error].format(where=where, value=error_value))
+    events, tempos = events[: counters[0]], tempos[: counters[1]]
+    return MidiEvents(int(division), *events.T, *tempos.T)
