@@ -1,0 +1,114 @@
+"""Generation speed: 1,024 sampled tokens with the KV cache against recomputing the whole prefix
+at every step (`cache_kv=False`), same model, same run; plus the cost of each token over the
+sequence in bins, which stays flat with the cache and grows with the prefix without it."""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from staria.generation.prompts import Prompt
+from staria.generation.sampling import SamplingSettings, sample_pieces
+from staria.models import StariaModel
+from staria.paths import REPO_ROOT
+from staria.tokenizer import MusicTokenizerWithStyle
+
+NET_CONFIG = REPO_ROOT / "conf" / "model" / "net" / "staria_tiny.yaml"
+
+
+def piece_start(tokenizer: MusicTokenizerWithStyle, snippet_len: int, seed: int) -> Prompt:
+    """An ABA request with two random snippets: the sampling path of a real Staria prompt."""
+    ids = tokenizer.token_to_id
+    rng = np.random.default_rng(seed)
+    snippets = tuple(
+        np.concatenate(
+            [[ids[tokenizer.section_token(letter)]], rng.integers(6, 17000, snippet_len)]
+        )
+        for letter in "AB"
+    )
+    start = np.array(
+        [
+            ids[("prefix", "instrument", "piano")],
+            ids[tokenizer.form_token("ABA")],
+            tokenizer.bos_id,
+            ids[tokenizer.section_token("A")],
+        ]
+    )
+    return Prompt("benchmark", "ABA", None, snippets, start, start)
+
+
+def timed_sampling(model, prompts, new_tokens, cache_kv, tokenizer):
+    """Wall time and per-step seconds (one decoder forward per generated token)."""
+    stamps: list[float] = []
+    hook = model.decoder.net.register_forward_hook(lambda *_: stamps.append(time.perf_counter()))
+    settings = SamplingSettings(max_length=len(prompts[0].decoder_start) + new_tokens)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    pieces, _ = sample_pieces(
+        model,
+        prompts,
+        settings,
+        batch_size=len(prompts),
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        cache_kv=cache_kv,
+    )
+    seconds = time.perf_counter() - started
+    hook.remove()
+    generated = sum(len(p.token_ids) - len(p.prompt.decoder_start) for p in pieces)
+    return seconds, generated, np.diff([started, *stamps])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--new-tokens", type=int, default=1024)
+    parser.add_argument("--bin", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    tokenizer = MusicTokenizerWithStyle()
+    torch.manual_seed(0)
+    model: StariaModel = hydra.utils.instantiate(OmegaConf.load(NET_CONFIG)).eval()
+    context = model.decoder.net.max_seq_len
+    # Untrained weights could emit <E> early; a -inf logit keeps every run at full length.
+    model.decoder.net.to_logits.register_forward_hook(
+        lambda _, __, logits: logits.index_fill(-1, torch.tensor([tokenizer.eos_id]), -torch.inf)
+    )
+    prompts = [piece_start(tokenizer, 64, seed) for seed in range(args.batch)]
+    print(
+        f"tiny Staria (dim 64, 2+2 layers, context {context}), batch {args.batch}, "
+        f"{args.new_tokens} new tokens, torch threads 1"
+    )
+    results = {}
+    for cache_kv in (True, False):
+        seconds, generated, steps = timed_sampling(
+            model, prompts, args.new_tokens, cache_kv, tokenizer
+        )
+        results[cache_kv] = (seconds, generated, steps)
+        name = "KV cache" if cache_kv else "full prefix"
+        print(
+            f"{name:>12}: {generated} tokens in {seconds:.2f} s = {generated / seconds:.1f} tok/s"
+        )
+    (cached_s, cached_n, cached_steps), (full_s, full_n, full_steps) = results[True], results[False]
+    speedup = (cached_n / cached_s) / (full_n / full_s)
+    print(f"speedup with cache: {speedup:.1f}x tokens/s")
+    print(f"{'tokens':>12} {'cache ms/tok':>13} {'full ms/tok':>12}")
+    bins = range(0, args.new_tokens, args.bin)
+    cached_bins = [1000 * cached_steps[b : b + args.bin].mean() for b in bins]
+    full_bins = [1000 * full_steps[b : b + args.bin].mean() for b in bins]
+    for start, cached, full in zip(bins, cached_bins, full_bins, strict=True):
+        print(f"{start:>5}-{start + args.bin:<6} {cached:>13.2f} {full:>12.2f}")
+    print(
+        f"last bin / first bin: cache {cached_bins[-1] / cached_bins[0]:.2f}x, "
+        f"full prefix {full_bins[-1] / full_bins[0]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
