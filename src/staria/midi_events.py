@@ -8,6 +8,7 @@ its track. Only the events Aria uses are kept: notes, sustain pedal, program cha
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -264,3 +265,49 @@ def read_events(data: bytes) -> MidiEvents:
         raise MidiFormatError(REASONS[error].format(where=where, value=error_value))
     events, tempos = events[: counters[0]], tempos[: counters[1]]
     return MidiEvents(int(division), *events.T, *tempos.T)
+
+
+@njit(cache=True)
+def _track_body(tick, status, data1, data2, message_length):
+    """MTrk payload: each event as VLQ delta + message (no running status), then end of track."""
+    out = np.empty(len(tick) * 7 + 4, dtype=np.uint8)
+    pos = 0
+    previous = 0
+    for i in range(len(tick)):
+        delta = tick[i] - previous
+        previous = tick[i]
+        shift = 21
+        while shift > 0 and delta >> shift == 0:
+            shift -= 7
+        while shift > 0:
+            out[pos] = 0x80 | ((delta >> shift) & 0x7F)
+            pos += 1
+            shift -= 7
+        out[pos] = delta & 0x7F
+        out[pos + 1] = status[i]
+        out[pos + 2] = data1[i]
+        out[pos + 3] = data2[i]
+        pos += 1 + message_length[status[i]]
+    out[pos : pos + 4] = np.array([0, 0xFF, 0x2F, 0], dtype=np.uint8)
+    return out[: pos + 4]
+
+
+def write_events(ticks_per_beat: int, tempo_us: int, tracks: list[tuple[np.ndarray, ...]]) -> bytes:
+    """A type-1 MIDI file: a tempo track, then one track per (tick, status, data1, data2) tuple.
+
+    Events must be sorted by tick; ticks must stay below 2**28 (the largest 4-byte delta).
+    """
+    tempo = tempo_us.to_bytes(3, "big")
+    chunks = [b"\x00\xff\x51\x03" + tempo + b"\x00\xff\x2f\x00"]
+    for tick, status, data1, data2 in tracks:
+        chunks.append(
+            _track_body(
+                np.asarray(tick, np.int64),
+                np.asarray(status, np.uint8),
+                np.asarray(data1, np.uint8),
+                np.asarray(data2, np.uint8),
+                _MESSAGE_LENGTH,
+            ).tobytes()
+        )
+    header = b"MThd" + (6).to_bytes(4, "big") + struct.pack(">hhh", 1, len(chunks), ticks_per_beat)
+    return header + b"".join(b"MTrk" + len(c).to_bytes(4, "big") + c for c in chunks)

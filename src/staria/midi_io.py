@@ -23,6 +23,7 @@ from staria.midi_events import (
     PROGRAM,
     MidiFormatError,
     read_events,
+    write_events,
 )
 from staria.midi_events import SUSTAIN_PEDAL_CC as SUSTAIN_PEDAL_CC  # used by MIDI writers
 
@@ -302,3 +303,42 @@ def read_notes(midi: MidiSource) -> AriaNotes:
         duration_ms=_aria_ms(start, end, tempo_tick, tempo, tpq),
         prefix_families=prefix_families,
     )
+
+
+WRITE_TICKS_PER_BEAT = 500  # with 120 bpm, one tick per ms: token times survive exactly
+WRITE_TEMPO_US = 500_000
+
+
+def write_channels(families: np.ndarray) -> np.ndarray:
+    """MIDI channel of each family written, in order: drums on 9, others on 0, 1, ... skipping 9."""
+    pitched = np.cumsum(families != DRUM_FAMILY_INDEX) - 1
+    return np.where(families == DRUM_FAMILY_INDEX, DRUM_CHANNEL, pitched + (pitched >= 9))
+
+
+def notes_to_midi_bytes(notes: NoteTable) -> bytes:
+    """A MIDI file of `notes`: one track per family, one channel each, 1 ms per tick.
+
+    Holds the same notes, in the same event order, as `staria.tokenizer.notes_to_pretty_midi`
+    written by pretty_midi, without building Python objects per note.
+    """
+    start = np.rint(notes.start_ms).astype(np.int64)
+    end = np.rint(notes.end_ms).astype(np.int64)
+    families = np.unique(notes.family)
+    tracks = []
+    for family, channel in zip(families, write_channels(families), strict=True):
+        mine = notes.family == family
+        count = int(mine.sum())
+        tick = np.concatenate([[0], start[mine], end[mine]])
+        # Sort rank at equal ticks: program change 0, note-off 1, note-on 2.
+        rank = np.concatenate([[0], np.full(count, 2), np.ones(count, np.int64)])
+        is_drum = family == DRUM_FAMILY_INDEX
+        program = 0 if is_drum else PROGRAM_GROUP_FAMILIES.index(FAMILIES[family]) * 8
+        status = np.concatenate([[0xC0 | channel], np.full(2 * count, 0x90 | channel)])
+        status[1 + count :] = 0x80 | channel
+        data1 = np.concatenate([[program], notes.pitch[mine], notes.pitch[mine]])
+        data2 = np.concatenate([[0], notes.velocity[mine], np.zeros(count, np.int64)])
+        # pretty_midi's event order: by tick, then program, note-offs, note-ons, each by pitch
+        # (note-ons then by velocity); ties keep note order. Aria's note order depends on it.
+        order = np.lexsort((data2, data1, rank, tick))
+        tracks.append((tick[order], status[order], data1[order], data2[order]))
+    return write_events(WRITE_TICKS_PER_BEAT, WRITE_TEMPO_US, tracks)

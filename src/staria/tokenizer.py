@@ -7,6 +7,8 @@ Tokenization works on whole arrays of notes (see `staria.midi_io`), never note b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pretty_midi
 
@@ -20,6 +22,7 @@ from staria.midi_io import (
     MidiReadError,
     MidiSource,
     NoteTable,
+    notes_to_midi_bytes,
     read_notes,
 )
 
@@ -242,6 +245,11 @@ class MusicTokenizerWithStyle:
     def detokenize(self, tokens: list[Token]) -> pretty_midi.PrettyMIDI:
         """A PrettyMIDI with one instrument per family present (drums on channel 10)."""
         return notes_to_pretty_midi(self.ids_to_notes(np.asarray(self.encode(tokens))))
+
+    def write_midi(self, tokens: list[Token], path: str | Path) -> None:
+        """Write what `detokenize(tokens).write(path)` would, without pretty_midi's cost."""
+        notes = self.ids_to_notes(np.asarray(self.encode(tokens)))
+        Path(path).write_bytes(notes_to_midi_bytes(notes))
 
     def augment_pitch(self, tokens: list[Token], semitones: int) -> list[Token]:
         """Transpose pitched notes; notes pushed outside 0..127 are dropped with their timing."""
