@@ -8,9 +8,17 @@ STAMP   := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
+# Generation and evaluation: CKPT a checkpoint, N samples, DATA reference data (MIDI folder or
+# indexed split), CLASSIFIER a classification checkpoint, GEN a generated folder, RUN an
+# evaluation folder; GEN_ARGS passes further Hydra overrides to staria-generate.
+N          ?= 4
+GEN_NAME   ?= make
+GEN        ?= $(patsubst %/checkpoints/,%,$(dir $(CKPT)))/generated/$(GEN_NAME)
+GEN_ARGS   ?=
+CLASSIFIER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo bench slurm-up slurm-down clean
+.PHONY: help install test lint format demo bench slurm-up slurm-down clean generate eval stats report
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +50,21 @@ demo: install ## tokenize a built-in example and print a round-trip report
 
 bench: install ## run every benchmark, each printing ratios against a same-run baseline
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+generate: install ## sample N pieces from CKPT into GEN (default <run>/generated/make)
+	@test -n "$(CKPT)" || (echo "usage: make generate CKPT=runs/<name>/stage-<X>/checkpoints/last.ckpt [N=4]" && exit 1)
+	$(VENV)/bin/staria-generate checkpoint=$(CKPT) num_samples=$(N) out_dir=$(GEN) $(GEN_ARGS)
+
+eval: generate ## generate from CKPT, then metrics + HTML report in GEN/evaluation [DATA=, CLASSIFIER=]
+	$(VENV)/bin/staria-eval samples $(GEN) $(if $(DATA),--reference $(DATA)) $(if $(CLASSIFIER),--classifier $(CLASSIFIER))
+
+stats: install ## dataset statistics of DATA (one or more MIDI/generated/indexed folders) into STATS_OUT
+	@test -n "$(DATA)" || (echo "usage: make stats DATA='folder [folder...]' [STATS_OUT=statistics]" && exit 1)
+	$(VENV)/bin/staria-eval stats $(DATA) --out $(or $(STATS_OUT),statistics)
+
+report: install ## rebuild report.html of the evaluation folder RUN
+	@test -n "$(RUN)" || (echo "usage: make report RUN=<generated folder>/evaluation" && exit 1)
+	$(VENV)/bin/staria-eval report $(RUN)
 
 slurm-up: ## install (apt) and start a local two-node SLURM cluster for the tests
 	bash scripts/slurm/up.sh
