@@ -15,7 +15,8 @@ import numpy as np
 
 from staria.tokenizer import FORMS, SECTION_LETTERS, TIME_STEP_MS
 
-SOURCES = ("generated", "stitched")
+# generated/stitched: synthetic pieces; labelled: real MIDI labelled by a section classifier.
+SOURCES = ("generated", "stitched", "labelled")
 SPLITS = ("train", "val", "test")
 STYLE_KEYS = ("composer", "form", "genre")
 # Onsets are compared with half a tokenizer step of slack, so an onset that quantization moved

@@ -1,0 +1,105 @@
+"""Phases of a multi-step experiment, each a composed config run through the usual entrypoints.
+
+A train phase is `staria.training.train.train(cfg)` with `conf/train.yaml` composed from an
+experiment preset; a generate phase is `staria.generation.generate.generate(cfg)` with
+`conf/generate.yaml`. Each phase owns a folder under the experiment's root, and a phase whose
+folder holds its completion marker (`finished.json` for training, `manifest.json` for samples)
+is skipped, so rerunning an interrupted experiment continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from staria.generation.generate import generate
+from staria.generation.manifest import MANIFEST_FILE
+from staria.paths import REPO_ROOT
+from staria.training.resume import LAST_CHECKPOINT, is_finished
+from staria.training.train import train
+
+log = logging.getLogger(__name__)
+CONF_DIR = REPO_ROOT / "conf"
+
+
+class PhaseError(RuntimeError):
+    """A phase ended without what the next phase needs; names the phase and the missing file."""
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """Where a phase's outputs are and whether this call did the work or found it done."""
+
+    name: str
+    folder: Path
+    skipped: bool
+
+
+def compose_config(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """`conf/<config_name>.yaml` with `overrides`, as the task function of a Hydra run sees it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def train_config(preset: str, run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config of `experiment=<preset>` running in `run_dir`."""
+    return compose_config(
+        "train",
+        [
+            f"experiment={preset}",
+            f"paths.root_dir={REPO_ROOT}",
+            f"paths.run_dir={run_dir}",
+            *overrides,
+        ],
+    )
+
+
+def run_train_phase(
+    name: str, preset: str, run_dir: Path, overrides: Sequence[str] = ()
+) -> PhaseResult:
+    """Train `preset` in `run_dir` (resuming a partial run); skipped once `finished.json` exists."""
+    run_dir = Path(run_dir)
+    if is_finished(run_dir):
+        log.info("phase %s: finished in %s, skipped", name, run_dir)
+        return PhaseResult(name, run_dir, skipped=True)
+    log.info("phase %s: training experiment=%s in %s", name, preset, run_dir)
+    train(train_config(preset, run_dir, overrides))
+    if not is_finished(run_dir):
+        raise PhaseError(f"phase {name}: {run_dir} has no finished marker after training")
+    return PhaseResult(name, run_dir, skipped=False)
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a finished run ends with: `checkpoints/last.ckpt`."""
+    path = Path(run_dir) / "checkpoints" / LAST_CHECKPOINT
+    if not path.is_file():
+        raise PhaseError(f"{run_dir}: no checkpoints/{LAST_CHECKPOINT}")
+    return path
+
+
+def run_generate_phase(
+    name: str, checkpoint: Path, out_dir: Path, overrides: Sequence[str] = ()
+) -> PhaseResult:
+    """Sample from `checkpoint` into `out_dir`; skipped once its `manifest.json` exists."""
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST_FILE).is_file():
+        log.info("phase %s: samples in %s, skipped", name, out_dir)
+        return PhaseResult(name, out_dir, skipped=True)
+    log.info("phase %s: sampling %s into %s", name, checkpoint, out_dir)
+    cfg = compose_config(
+        "generate", [f"checkpoint={checkpoint}", f"out_dir={out_dir}", "device=cpu", *overrides]
+    )
+    generate(cfg)
+    return PhaseResult(name, out_dir, skipped=False)
