@@ -4,6 +4,10 @@ The signal handler only sets a flag; the checkpoint is written by the training l
 step boundary, after all ranks agreed through an all-reduce (one rank's signal stops all). The
 handler that was installed before ours (submitit's requeue handler under SLURM) is then called,
 so the job requeues with a fresh `last.ckpt` and `resume.resume_point` continues from it.
+
+Our handlers go in at `on_train_start`, after Lightning's signal connector has installed its
+SIGTERM handler (it raises SIGTERMException and would stop the run without this checkpoint);
+the handler chained to is the one in place before `fit` (submitit's, not Lightning's).
 """
 
 import signal
@@ -27,13 +31,17 @@ class PreemptionCheckpoint(pl.Callback):
         self.signal_received: signal.Signals | None = None
         self.preempted = False
         self._previous_handlers: dict[signal.Signals, object] = {}
+        self._replaced_handlers: dict[signal.Signals, object] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
         self.signal_received = signal.Signals(signum)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._previous_handlers = {sig: signal.getsignal(sig) for sig in self.signals}
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         for sig in self.signals:
-            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+            self._replaced_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         received = torch.tensor(self.signal_received is not None, device=pl_module.device)
@@ -55,5 +63,6 @@ class PreemptionCheckpoint(pl.Callback):
         self._restore_handlers()
 
     def _restore_handlers(self) -> None:
-        for sig, handler in self._previous_handlers.items():
+        for sig, handler in self._replaced_handlers.items():
             signal.signal(sig, handler)
+        self._replaced_handlers = {}

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich import print as rich_print
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from staria.paths import REPO_ROOT
 from staria.training.config import check_no_missing, register_configs
 from staria.training.preemption import PreemptionCheckpoint
 from staria.training.resume import mark_finished, resume_point, wandb_run_id
@@ -22,6 +25,8 @@ from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)
 RESOLVED_CONFIG = "config.yaml"
+# Absolute, so the installed console script finds it from any working directory.
+CONFIG_DIR = str(REPO_ROOT / "conf")
 
 register_configs()
 
@@ -105,7 +110,19 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     return trainer
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train")
+class HydraConfigForLaunchers(Callback):
+    """Make `${hydra:...}` resolvable while a multirun launches its jobs (hydra#1786).
+
+    Hydra sets its runtime config per job, but a launcher resolves `hydra.sweep.dir` and its
+    own keys before any job starts; the run-folder layout (`runs/<name>/stage-<stage>`) goes
+    through `${hydra:...}` in `name` and `paths`, which the task needs too. A job sets its own.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

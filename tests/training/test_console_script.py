@@ -1,0 +1,31 @@
+"""The installed `staria-train` console script, run from a folder outside the repository."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from staria.training.resume import FINISHED_MARKER
+
+STARIA_TRAIN = Path(sys.executable).with_name("staria-train")
+
+
+def test_console_script_trains_from_any_working_directory(tmp_path):
+    env = {**os.environ, "STARIA_DATA_CACHE": str(tmp_path / "data_cache")}
+    command = [
+        str(STARIA_TRAIN),
+        "experiment=smoke",
+        "trainer.max_steps=2",
+        "data.max_seq_len=128",
+        "logger=none",
+        "print_config=false",
+    ]
+    run = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    run_dir = tmp_path / "runs" / "smoke" / "stage-none"
+    assert json.loads((run_dir / FINISHED_MARKER).read_text())["global_step"] == 2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
