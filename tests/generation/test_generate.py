@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
+from generation.runs import train_tiny_run
 from hydra import compose, initialize_config_dir
-from runs import train_tiny_run
 
 from staria.data.datasets import PieceSource, SequenceSettings
 from staria.data.preprocess import CachedSplit, TokenLayout
