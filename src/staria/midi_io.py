@@ -21,6 +21,7 @@ from staria.midi_events import (
     NOTE_ON,
     PEDAL,
     PROGRAM,
+    MidiEvents,
     MidiFormatError,
     read_events,
     write_events,
@@ -254,6 +255,25 @@ def _aria_ms(start, end, tempo_tick, tempo, ticks_per_beat):
     return out
 
 
+@dataclass(frozen=True)
+class _Controls:
+    """Program-change or pedal events, ordered as Aria processes them."""
+
+    tick: np.ndarray
+    channel: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
+
+
+def _by_tick(events: MidiEvents, mask: np.ndarray) -> _Controls:
+    """The masked events in Aria's order: by tick, ties in file order (track, then position)."""
+    order = np.flatnonzero(mask)
+    order = order[np.argsort(events.tick[order], kind="stable")]
+    return _Controls(
+        events.tick[order], events.channel[order], events.key[order], events.value[order]
+    )
+
+
 def read_notes(midi: MidiSource) -> AriaNotes:
     """Parse MIDI into `AriaNotes`; `MidiReadError` if unreadable or without kept notes."""
     name = source_name(midi)
@@ -264,29 +284,26 @@ def read_notes(midi: MidiSource) -> AriaNotes:
     notes = _pair_notes(
         events.tick, events.track, events.kind, events.channel, events.key, events.value
     )
-    by_tick = np.argsort(events.tick, kind="stable")
-    kind, channel = events.kind[by_tick], events.channel[by_tick]
-    tick, key, value = events.tick[by_tick], events.key[by_tick], events.value[by_tick]
-    is_program = kind == PROGRAM
-    program_family = _GROUP_FAMILY[key[is_program] // 8]
-    program_channel = channel[is_program]
+    programs = _by_tick(events, events.kind == PROGRAM)
+    program_channel, program_family = programs.channel, _GROUP_FAMILY[programs.key // 8]
     # A channel that ever selects a dropped program loses all its notes (not the drum channel).
-    dropped = np.unique(program_channel[(program_family < 0) & (program_channel != DRUM_CHANNEL)])
-    notes = notes[~np.isin(notes[:, 1], dropped)]
+    dropped = np.zeros(16, dtype=bool)
+    dropped[program_channel[(program_family < 0) & (program_channel != DRUM_CHANNEL)]] = True
+    notes = notes[~dropped[notes[:, 1]]]
     if len(notes) == 0:
         raise MidiReadError(name, "no notes on any kept instrument")
     notes = notes[np.argsort(notes[:, 2], kind="stable")]
     pitch, note_channel, start, end, velocity = notes.T
     # The last program change of a channel sets its instrument; channels without one are piano.
-    kept = ~np.isin(program_channel, dropped) & (program_channel != DRUM_CHANNEL)
+    kept = ~dropped[program_channel] & (program_channel != DRUM_CHANNEL)
     channel_family = np.full(16, FAMILIES.index("piano"))
-    channel_family[program_channel[kept]] = program_family[kept]
+    channel_family[program_channel[kept]] = program_family[kept]  # repeated index: last wins
     channel_family[DRUM_CHANNEL] = DRUM_FAMILY_INDEX
     family = channel_family[note_channel]
     prefix_families = np.union1d(family, channel_family[program_channel[kept]])
-    is_pedal = (kind == PEDAL) & ~np.isin(channel, dropped)
+    pedals = _by_tick(events, (events.kind == PEDAL) & ~dropped[events.channel])
     end = _sustained_ends(
-        note_channel, end, tick[is_pedal], channel[is_pedal], value[is_pedal] >= PEDAL_DOWN, end[-1]
+        note_channel, end, pedals.tick, pedals.channel, pedals.value >= PEDAL_DOWN, end[-1]
     )
     tempo_order = np.argsort(events.tempo_tick, kind="stable")
     tempo_tick, tempo = events.tempo_tick[tempo_order], events.tempo[tempo_order]
