@@ -8,6 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
+DEMO_RUNS ?= runs
 # Generation and evaluation: CKPT a checkpoint, N samples, DATA reference data (MIDI folder or
 # indexed split), CLASSIFIER a classification checkpoint, GEN a generated folder, RUN an
 # evaluation folder; GEN_ARGS passes further Hydra overrides to staria-generate.
@@ -45,8 +46,22 @@ format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: install ## tokenize a built-in example and print a round-trip report
-	$(VENV)/bin/staria-tokenize roundtrip $(MIDI)
+demo: install ## the whole loop on synthetic data: tiny Staria A/B/C + baseline -> generate -> evaluate -> report
+	@echo "== [1/7] tokenizer round trip on a built-in example"
+	$(VENV)/bin/staria-tokenize roundtrip
+	@echo "== [2/7] Staria stage A: cross-attention + adapters (synthetic data is made and indexed on first use)"
+	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo stage=A
+	@echo "== [3/7] Staria stage B: progressive decoder unfreezing, from stage A"
+	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo stage=B init_from=$(DEMO_RUNS)/demo_staria/stage-A/checkpoints/last.ckpt
+	@echo "== [4/7] Staria stage C: everything, from stage B"
+	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo stage=C init_from=$(DEMO_RUNS)/demo_staria/stage-B/checkpoints/last.ckpt
+	@echo "== [5/7] decoder-only baseline"
+	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo_baseline
+	@echo "== [6/7] generate and evaluate Staria stage C"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_staria/stage-C/checkpoints/last.ckpt N=$(N) DATA="$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
+	@echo "== [7/7] generate and evaluate the baseline"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_baseline/stage-none/checkpoints/last.ckpt N=$(N) DATA="$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
+	@echo "== done: open $(DEMO_RUNS)/demo_staria/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RUNS)/demo_baseline/stage-none/generated/$(GEN_NAME)/evaluation/report.html"
 
 bench: install ## run every benchmark, each printing ratios against a same-run baseline
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
