@@ -1,0 +1,31 @@
+"""A briefly trained comparison classifier, shared by the research tests (one per session)."""
+
+import os
+
+import pytest
+from research.tiny import TINY_TRAINING
+
+from staria.research.phases import last_checkpoint, run_train_phase
+
+
+@pytest.fixture(scope="session")
+def research_cache(tmp_path_factory):
+    """Keep the synthetic pieces and indexes of these tests out of the repository's cache."""
+    folder = tmp_path_factory.mktemp("research_cache")
+    previous = os.environ.get("STARIA_DATA_CACHE")
+    os.environ["STARIA_DATA_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("STARIA_DATA_CACHE", None)
+    else:
+        os.environ["STARIA_DATA_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def classifier_run(research_cache, tmp_path_factory):
+    """Run folder of a 3-step `experiment=compare_classifier` run."""
+    run_dir = tmp_path_factory.mktemp("runs") / "classifier"
+    result = run_train_phase("classifier", "compare_classifier", run_dir, TINY_TRAINING)
+    assert not result.skipped
+    assert last_checkpoint(run_dir).is_file()
+    return run_dir
