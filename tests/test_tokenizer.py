@@ -133,3 +133,17 @@ def test_roundtrip_report_lists_rows_and_skips(tmp_path, shared_midi_dir):
     assert rows[0].notes_in == rows[0].notes_out > 0
     assert rows[0].max_onset_error_ms <= 5.0
     assert "empty.mid" in skipped
+
+
+@pytest.mark.parametrize(
+    "name", ["aria-example-prompts/classical.mid", "miditok-tests/Funkytown.mid"]
+)
+def test_write_midi_tokenizes_like_the_pretty_midi_path(tokenizer, shared_midi_dir, tmp_path, name):
+    tokens = tokenizer.tokenize(shared_midi_dir / name)
+    tokenizer.write_midi(tokens, tmp_path / "fast.mid")
+    written = pretty_midi.PrettyMIDI(str(tmp_path / "fast.mid"))
+    expected = tokenizer.detokenize(tokens)
+    assert [(i.program, i.is_drum, len(i.notes)) for i in written.instruments] == [
+        (i.program, i.is_drum, len(i.notes)) for i in expected.instruments
+    ]
+    assert tokenizer.tokenize(tmp_path / "fast.mid") == tokenizer.tokenize(expected)
