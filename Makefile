@@ -19,7 +19,7 @@ GEN_ARGS   ?=
 CLASSIFIER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo bench slurm-up slurm-down clean generate eval stats report
+.PHONY: help install test lint format demo bench slurm-up slurm-down clean generate eval stats report experiment
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ stats: install ## dataset statistics of DATA (one or more MIDI/generated/indexed
 report: install ## rebuild report.html of the evaluation folder RUN
 	@test -n "$(RUN)" || (echo "usage: make report RUN=<generated folder>/evaluation" && exit 1)
 	$(VENV)/bin/staria-eval report $(RUN)
+
+experiment: install ## Staria vs decoder-only baseline at equal size: results/compare/ table + plots [REAL=midi folders]
+	$(PY) -m staria.research.compare $(if $(REAL),--real $(REAL))
 
 slurm-up: ## install (apt) and start a local two-node SLURM cluster for the tests
 	bash scripts/slurm/up.sh
