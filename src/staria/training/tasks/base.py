@@ -40,9 +40,13 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 def sequence_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> StepLoss:
-    """Next-token cross entropy; `loss_mask[b, t]` says whether predicting `tokens[b, t]` counts."""
-    targets = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    """Next-token cross entropy; `loss_mask[b, t]` says whether predicting `tokens[b, t]` counts.
+
+    The targets are shifted rather than the logits: slicing [B,T,V] logits would copy them.
+    """
+    targets = torch.full_like(tokens, -100)
+    targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
     return StepLoss(loss, loss_mask[:, 1:].sum())
 
 
