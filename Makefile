@@ -8,6 +8,8 @@ STAMP   := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
+CLUSTER ?= slurm
+EXP ?= smoke
 DEMO_RUNS ?= runs
 # Generation and evaluation: CKPT a checkpoint, N samples, DATA reference data (MIDI folder or
 # indexed split), CLASSIFIER a classification checkpoint, GEN a generated folder, RUN an
@@ -19,7 +21,7 @@ GEN_ARGS   ?=
 CLASSIFIER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo bench slurm-up slurm-down clean generate eval stats report experiment
+.PHONY: help install test lint format demo bench sweep slurm-up slurm-down clean generate eval stats report experiment
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -83,6 +85,9 @@ report: install ## rebuild report.html of the evaluation folder RUN
 
 experiment: install ## Staria vs decoder-only baseline at equal size: results/compare/ table + plots [REAL=midi folders]
 	$(PY) -m staria.research.compare $(if $(REAL),--real $(REAL))
+
+sweep: install ## submit a sweep to SLURM, one array task per point: make sweep EXP=smoke ARGS='model.optimizer.lr=1e-4,3e-4'
+	$(VENV)/bin/staria-train -m cluster=$(CLUSTER) experiment=$(EXP) $(ARGS)
 
 slurm-up: ## install (apt) and start a local two-node SLURM cluster for the tests
 	bash scripts/slurm/up.sh
