@@ -31,7 +31,7 @@ def test_shards_as_an_array_then_merge_match_a_local_build(
         chunk_size=8,
     )
 
-    assert len({job.job_id.split("_")[0] for job in jobs.shards}) == 1
+    assert [job.job_id for job in jobs.shards] == [f"{jobs.array_job_id}_{i}" for i in (0, 1)]
     sharded = slurm_cluster.result(jobs.merge, timeout_s=240)
     assert all(slurm_cluster.wait(job.job_id, 30) == "COMPLETED" for job in jobs.shards)
     local = build_index(sources, tmp_path / "local", settings, workers=1, chunk_size=8)

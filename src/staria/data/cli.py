@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +15,7 @@ from staria.data.preprocess import (
     merge_index,
     scan_midi_files,
 )
+from staria.data.slurm_index import cluster_launcher_settings, submit_index
 from staria.data.synthetic import SynthesisConfig, synthesize
 
 
@@ -59,10 +59,24 @@ def _parser() -> argparse.ArgumentParser:
             help="required with --legacy-pickle-list: unpickling executes code from the file",
         )
         if name == "index":
-            command.add_argument("--workers", type=int, default=os.cpu_count())
+            command.add_argument("--workers", type=int, default=None, help="default: all cores")
             command.add_argument("--chunk-size", type=int, default=64)
             command.add_argument("--shard-index", type=int, default=0)
             command.add_argument("--num-shards", type=int, default=1)
+            command.add_argument(
+                "--slurm-shards",
+                type=int,
+                default=0,
+                help="submit this many shards as a SLURM job array, then a merge job",
+            )
+            command.add_argument("--slurm-folder", type=Path, default=Path("slurm_index"))
+            command.add_argument(
+                "--slurm-set",
+                action="append",
+                default=[],
+                metavar="hydra.launcher.KEY=VALUE",
+                help="override a conf/cluster/slurm.yaml setting (partition, timeout_min, ...)",
+            )
     return parser
 
 
@@ -107,6 +121,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.command == "merge":
         result = merge_index(sources, args.cache_dir, settings)
+    elif args.slurm_shards:
+        jobs = submit_index(
+            sources,
+            args.cache_dir,
+            settings,
+            args.slurm_shards,
+            args.slurm_folder,
+            cluster_launcher_settings(args.slurm_set),
+            workers=args.workers,
+            chunk_size=args.chunk_size,
+        )
+        console.print(
+            f"submitted {len(jobs.shards)} shards as SLURM array {jobs.array_job_id}, "
+            f"merge job {jobs.merge.job_id} after them; logs in {args.slurm_folder}"
+        )
+        return
     else:
         total = len(scan_midi_files(sources, args.limit))
         with Progress(console=console) as progress:

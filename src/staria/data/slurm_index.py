@@ -28,6 +28,10 @@ class IndexJobs:
     shards: list[submitit.Job]
     merge: submitit.Job
 
+    @property
+    def array_job_id(self) -> str:
+        return self.shards[0].job_id.split("_")[0]
+
 
 def cluster_launcher_settings(overrides: Sequence[str] = ()) -> dict:
     """`hydra.launcher` of `cluster=slurm`, with `hydra.launcher.*=...` overrides applied."""
@@ -74,8 +78,8 @@ def submit_index(
 ) -> IndexJobs:
     """Submit `build_index` shards as one array and `merge_index` to run after all of them.
 
-    A failed shard cancels the merge (`kill-on-invalid-dep`); rerunning resubmits only what is
-    missing, since finished chunks are kept and a complete cache is reused.
+    A failed shard cancels the merge (`kill-on-invalid-dep`); submitting again redoes only the
+    unfinished chunks (finished ones are kept) and reuses a complete cache.
     """
     sources = [Path(source).resolve() for source in sources]
     cache_root = Path(cache_root).resolve()
@@ -87,14 +91,12 @@ def submit_index(
             )
             for shard in range(num_shards)
         ]
-    array_job_id = shards[0].job_id.split("_")[0]
     extra = dict(launcher.get("additional_parameters") or {})
     executor.update_parameters(
         slurm_additional_parameters={
             **extra,
-            "dependency": f"afterok:{array_job_id}",
+            "dependency": f"afterok:{shards[0].job_id.split('_')[0]}",
             "kill_on_invalid_dep": "yes",
         }
     )
-    merge = executor.submit(merge_index, sources, cache_root, settings)
-    return IndexJobs(shards, merge)
+    return IndexJobs(shards, executor.submit(merge_index, sources, cache_root, settings))
