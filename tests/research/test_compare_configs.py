@@ -4,8 +4,9 @@ from pathlib import Path
 
 import hydra
 import pytest
+import torch
 
-from staria.research.compare import CLASSIFIER_PRESET, GENERATORS
+from staria.research.compare import CLASSIFIER_PRESET, GENERATORS, generator_presets
 from staria.research.phases import train_config
 from staria.training.tasks.base import parameter_counts
 
@@ -49,3 +50,14 @@ def test_the_judge_learns_from_pieces_the_generators_never_test_on():
     generator = train_config(GENERATORS["staria"], Path("unused"))
     assert judge.data.task == "classification"
     assert judge.data.synthesis.seed != generator.data.synthesis.seed
+
+
+def test_the_full_size_presets_match_within_two_percent_too():
+    counts = {}
+    for model, preset in generator_presets("full").items():
+        cfg = train_config(preset, Path("unused"))
+        with torch.device("meta"):
+            counts[model] = parameter_counts(hydra.utils.instantiate(cfg.model.net))
+    totals = {model: c["params/all/total"] for model, c in counts.items()}
+    assert totals == {"staria": 861_497_872, "baseline": 848_709_120}
+    assert abs(totals["baseline"] / totals["staria"] - 1) < 0.02

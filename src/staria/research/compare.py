@@ -49,6 +49,8 @@ from staria.training.tasks.base import parameter_counts
 log = logging.getLogger(__name__)
 
 GENERATORS = {"staria": "compare_staria", "baseline": "compare_baseline"}
+# Preset suffix per scale: tiny runs on a CPU in minutes; full is the staria_full size (GPUs).
+SCALES = {"tiny": "", "full": "_full"}
 CLASSIFIER_PRESET = "compare_classifier"
 TABLE_NAME = "comparison"
 
@@ -63,7 +65,8 @@ class CompareSettings:
     temperature: float = 0.9
     top_p: float | None = 0.95
     max_length: int = 448
-    # Applied to every training phase, e.g. trainer.max_steps=50 or model.net.* at full size.
+    scale: str = "tiny"
+    # Applied to every training phase, e.g. trainer.max_steps=50 or trainer=ddp.
     overrides: tuple[str, ...] = ()
     real: tuple[str, ...] = ()
     # Real pieces have no label split; their hash-drawn val/test shares.
@@ -331,8 +334,16 @@ def git_commit() -> str:
     return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def generator_presets(scale: str) -> dict[str, str]:
+    """The experiment preset of each generator at `scale` (tiny or full)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r} is not one of {tuple(SCALES)}")
+    return {model: preset + SCALES[scale] for model, preset in GENERATORS.items()}
+
+
 def run_comparison(settings: CompareSettings) -> Path:
     """Every phase in order (finished ones skipped); writes the table, JSON and plots."""
+    commit = git_commit()  # the code the run starts with, not what HEAD is when it ends
     tokenizer = MusicTokenizerWithStyle()
     table = TokenTable.from_tokenizer(tokenizer)
     root, overrides = Path(settings.runs_dir), list(settings.overrides)
@@ -364,7 +375,7 @@ def run_comparison(settings: CompareSettings) -> Path:
     rows, references = [], []
     for dataset, data_overrides in datasets.items():
         phase_overrides = [*data_overrides, *overrides]
-        for model, preset in GENERATORS.items():
+        for model, preset in generator_presets(settings.scale).items():
             run_dir = root / dataset / model
             run_train_phase(f"{dataset}/{model}", preset, run_dir, phase_overrides)
             samples_dir = run_dir / "samples"
@@ -377,18 +388,21 @@ def run_comparison(settings: CompareSettings) -> Path:
                 )
             )
         references.append(reference_row(dataset, root / dataset / "staria", judge, table))
-    return write_results(settings, rows, references)
+    return write_results(settings, rows, references, commit)
 
 
 def write_results(
-    settings: CompareSettings, rows: Sequence[ModelRow], references: Sequence[ReferenceRow]
+    settings: CompareSettings,
+    rows: Sequence[ModelRow],
+    references: Sequence[ReferenceRow],
+    commit: str,
 ) -> Path:
     out = Path(settings.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown = out / f"{TABLE_NAME}.md"
     markdown.write_text(markdown_table(rows, references))
     record = {
-        "commit": git_commit(),
+        "commit": commit,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         "models": [asdict(row) for row in rows],
         "references": [asdict(row) for row in references],
@@ -404,6 +418,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareSettings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=CompareSettings.runs_dir)
     parser.add_argument("--results-dir", type=Path, default=CompareSettings.results_dir)
+    parser.add_argument("--scale", choices=tuple(SCALES), default=CompareSettings.scale)
     parser.add_argument("--num-samples", type=int, default=CompareSettings.num_samples)
     parser.add_argument("--temperature", type=float, default=CompareSettings.temperature)
     parser.add_argument("--max-length", type=int, default=CompareSettings.max_length)
@@ -417,6 +432,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareSettings:
     return CompareSettings(
         runs_dir=args.runs_dir,
         results_dir=args.results_dir,
+        scale=args.scale,
         num_samples=args.num_samples,
         temperature=args.temperature,
         max_length=args.max_length,
