@@ -1,5 +1,6 @@
 """MidiDataModule from the real Hydra config: batches per task, seeding, rank sharding."""
 
+import multiprocessing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from staria.data import MidiDataModule
+from staria.data.datamodule import synthetic_pieces
+from staria.data.synthetic import SynthesisConfig
 from staria.paths import REPO_ROOT
 
 TINY = ["snippet_len=32", "max_seq_len=256", "batch_size=4"]
@@ -108,3 +111,18 @@ def test_real_mode_indexes_shared_midi_without_labels(shared_midi_dir, cache_dir
     assert batch["snippets"].shape[1] == 1
     a_section = module.tokenizer.token_to_id["<A_SECTION>"]
     assert (batch["snippets"][:, 0, 0] == a_section).all()
+
+
+def _synthesise_into(cache_dir: str) -> str:
+    config = SynthesisConfig(pieces_per_form=1, forms=("AB", "ABA"), min_tokens=200, max_tokens=400)
+    folder = synthetic_pieces(config, Path(cache_dir))
+    return sorted(p.name for p in folder.rglob("*.mid"))
+
+
+def test_concurrent_callers_share_one_synthesis(tmp_path):
+    """Two sweep points starting on an empty cache must not delete each other's pieces."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        listings = pool.map(_synthesise_into, [str(tmp_path)] * 2)
+    assert listings[0] == listings[1] and len(listings[0]) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

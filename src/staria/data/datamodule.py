@@ -7,6 +7,7 @@ rank, bucket by length, and are `StatefulDataLoader`s so a mid-epoch resume is e
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -49,17 +50,23 @@ STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 
 
 def synthetic_pieces(config: SynthesisConfig, cache_dir: Path) -> Path:
-    """Folder of synthetic pieces for `config`, synthesised once and renamed into place whole."""
+    """Folder of synthetic pieces for `config`, synthesised once and renamed into place whole.
+
+    A file lock makes concurrent callers (sweep points, ranks sharing a disk) wait for the one
+    that synthesises instead of racing it.
+    """
     key = hashlib.sha256(json.dumps(asdict(config), default=str).encode()).hexdigest()[:12]
     folder = cache_dir / f"synthetic_{key}"
-    if (folder / COMPLETE_MARKER).is_file():
-        return folder
-    temp = cache_dir / f".tmp-{os.getpid()}-{folder.name}"
-    shutil.rmtree(temp, ignore_errors=True)
-    synthesize(config, temp)
-    (temp / COMPLETE_MARKER).write_text("complete\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(temp, folder)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".synthetic_{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / COMPLETE_MARKER).is_file():
+            temp = cache_dir / f".tmp-{os.getpid()}-{folder.name}"
+            shutil.rmtree(temp, ignore_errors=True)
+            synthesize(config, temp)
+            (temp / COMPLETE_MARKER).write_text("complete\n")
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted run's leftovers
+            os.replace(temp, folder)
     return folder
 
 
