@@ -124,6 +124,8 @@ class WakeSleepSettings:
     generator: str = "staria"
     rounds: int = 1
     dream_samples: int = 16
+    # Within the wake presets' decoder positions (512).
+    dream_max_length: int = 448
     overrides: tuple[str, ...] = ()
 
 
@@ -149,7 +151,7 @@ def run_wake_sleep(settings: WakeSleepSettings) -> list[PhaseResult]:
             folders = [synthetic_folder(SLEEP_PRESET, here / "sleep", overrides), *dreams]
             sleep_overrides += [
                 "data.mode=real",
-                f"data.folders=[{','.join(map(str, folders))}]",
+                f"++data.folders=[{','.join(map(str, folders))}]",
                 f"data.name=sleep_round{round_index}",
             ]
         if classifier is not None:
@@ -188,7 +190,11 @@ def run_wake_sleep(settings: WakeSleepSettings) -> list[PhaseResult]:
                     f"round-{round_index}/dream",
                     last_checkpoint(generator),
                     samples,
-                    [f"num_samples={settings.dream_samples}", "prompt.split=train"],
+                    [
+                        f"num_samples={settings.dream_samples}",
+                        "prompt.split=train",
+                        f"sampling.max_length={settings.dream_max_length}",
+                    ],
                 )
             )
             dreams.append(dream_phase(samples / MANIFEST_FILE, here / "dreams"))
