@@ -124,9 +124,9 @@ def plain_loop(net: torch.nn.Module, batches: list, warmup: int) -> tuple[Clock,
     for step, batch in enumerate(loader(batches)):
         if step == warmup:
             clock.start()
+        optimizer.zero_grad(set_to_none=True)
         logits = net(batch["snippets"], batch["snippet_mask"], batch["tokens"], batch["token_mask"])
         loss = sequence_loss(logits, batch["tokens"], batch["loss_mask"]).loss
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), GRADIENT_CLIP)
         optimizer.step()

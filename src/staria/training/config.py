@@ -19,6 +19,8 @@ class StageConfig:
     unfreeze_top_k: int = 1
     unfreeze_every_n_steps: int = 100
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # A and B: also train the embedding and head rows of Staria's added tokens (stages.py).
+    train_new_token_rows: bool = True
 
 
 @dataclass

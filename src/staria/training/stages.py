@@ -7,17 +7,28 @@ B: A plus the decoder's blocks, unfrozen top block first: `unfreeze_top_k` more 
    `unfreeze_every_n_steps` steps (the top k from step 0); embeddings and head stay frozen. A pure
    function of the global step, so a resumed run unfreezes exactly what the interrupted one had.
 C: everything, the encoder included, with a learning rate per part (`lr_scale`).
+
+The 15 tokens Staria adds to Aria's vocabulary (section, prompt and form tokens) have no
+pretrained embedding, so with `train_new_token_rows` (default) stages A and B also train their
+rows of the decoder's input embedding and output head, and only those rows: a gradient hook
+zeroes every other row's gradient, and these two matrices get no weight decay in A and B, so the
+pretrained rows stay exactly as they were.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from staria.models.staria import StariaModel
+from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
 
 STAGES = ("A", "B", "C")
 PARTS = ("encoder", "decoder", "new")  # `new`: cross-attention and adapters
@@ -31,6 +42,51 @@ def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
     return [p for module in modules for p in module.parameters()]
 
 
+@cache
+def staria_new_token_ids() -> tuple[int, ...]:
+    """Ids of the tokens Staria adds to Aria's vocabulary: section, prompt and form tokens."""
+    tokenizer = MusicTokenizerWithStyle()
+    tokens = [
+        *(tokenizer.section_token(letter) for letter in SECTION_LETTERS),
+        tokenizer.prompt_start,
+        tokenizer.prompt_end,
+        *(tokenizer.form_token(form) for form in FORMS),
+    ]
+    return tuple(tokenizer.encode(tokens))
+
+
+def token_row_parameters(model: StariaModel) -> list[nn.Parameter]:
+    """The decoder's matrices with a row per token: input embedding and output head."""
+    return [model.decoder.net.token_emb.emb.weight, model.decoder.net.to_logits.weight]
+
+
+@dataclass(frozen=True)
+class RowGradientMask:
+    """Tensor hook: keeps the gradient of `rows` only, so an optimizer step moves only them."""
+
+    rows: tuple[int, ...]
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros(grad.shape[0], 1, dtype=grad.dtype, device=grad.device)
+        keep[list(self.rows)] = 1
+        return grad * keep
+
+
+# The mask hook of each parameter that has one, by parameter id (tensors cannot be weak dict
+# keys: they compare elementwise). A copy, such as a DDP-spawned process's unpickled model, has
+# no hook and no entry, and gets its own.
+_row_masks: dict[int, RemovableHandle] = {}
+
+
+def _row_mask(parameter: nn.Parameter) -> RemovableHandle | None:
+    return _row_masks.get(id(parameter))
+
+
+def _add_row_mask(parameter: nn.Parameter, rows: tuple[int, ...]) -> None:
+    _row_masks[id(parameter)] = parameter.register_hook(RowGradientMask(rows))
+    weakref.finalize(parameter, _row_masks.pop, id(parameter), None)
+
+
 @dataclass(frozen=True)
 class StageSchedule:
     """One training stage (A, B or C) and its unfreezing / learning-rate settings."""
@@ -39,6 +95,8 @@ class StageSchedule:
     unfreeze_top_k: int = 1
     unfreeze_every_n_steps: int = 100
     lr_scale: Mapping[str, float] = field(default_factory=dict)
+    train_new_token_rows: bool = True
+    new_token_ids: tuple[int, ...] = field(default_factory=staria_new_token_ids)
 
     def __post_init__(self) -> None:
         if self.name not in STAGES:
@@ -54,13 +112,20 @@ class StageSchedule:
 
     @classmethod
     def from_config(cls, stage: Mapping) -> StageSchedule:
-        """From the `stage` config group: name, unfreeze_top_k, unfreeze_every_n_steps, lr_scale."""
+        """From the `stage` config group: name, unfreeze_top_k, unfreeze_every_n_steps, lr_scale,
+        train_new_token_rows."""
         return cls(
             name=stage["name"],
             unfreeze_top_k=stage.get("unfreeze_top_k", 1),
             unfreeze_every_n_steps=stage.get("unfreeze_every_n_steps", 100),
             lr_scale=dict(stage.get("lr_scale") or {}),
+            train_new_token_rows=stage.get("train_new_token_rows", True),
         )
+
+    @property
+    def masks_token_rows(self) -> bool:
+        """Whether the embedding and head train only the new tokens' rows (stages A and B)."""
+        return self.train_new_token_rows and self.name != "C"
 
     def unfrozen_blocks(self, num_blocks: int, global_step: int) -> int:
         """How many of the decoder's top blocks train at `global_step`."""
@@ -78,29 +143,53 @@ class StageSchedule:
         blocks = decoder.blocks()
         unfrozen = blocks[len(blocks) - self.unfrozen_blocks(len(blocks), global_step) :]
         modules = decoder.bridge_modules() + decoder.norms() + [m for b in unfrozen for m in b]
-        return _parameters(modules)
+        token_rows = token_row_parameters(model) if self.masks_token_rows else []
+        return _parameters(modules) + token_rows
 
     def apply(self, model: StariaModel, global_step: int) -> None:
-        """Set `requires_grad` of every parameter for `global_step`."""
+        """Set `requires_grad` of every parameter for `global_step`, and mask the embedding's
+        and head's gradients to the new tokens' rows in stages A and B."""
         trainable = {id(p) for p in self.trainable_parameters(model, global_step)}
         for parameter in model.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
+        for parameter in token_row_parameters(model):
+            self._mask_rows(parameter)
+
+    def _mask_rows(self, parameter: nn.Parameter) -> None:
+        handle = _row_mask(parameter)
+        if self.masks_token_rows and handle is None:
+            if max(self.new_token_ids) >= parameter.shape[0]:
+                raise StageConfigError(
+                    f"train_new_token_rows: token id {max(self.new_token_ids)} is outside the "
+                    f"model's vocabulary of {parameter.shape[0]}; set stage.train_new_token_rows"
+                    "=false for a model without Staria's tokens"
+                )
+            _add_row_mask(parameter, self.new_token_ids)
+        elif not self.masks_token_rows and handle is not None:
+            handle.remove()
+            del _row_masks[id(parameter)]
 
     def param_groups(self, model: StariaModel, base_lr: float) -> list[dict]:
         """Optimizer groups (`name`, `params`, `lr`) of every parameter this stage ever trains.
 
         Frozen parameters have no gradient, so AdamW leaves them (and their decay) alone. Per-part
-        rates apply in stage C; stages A and B train their parameters at `base_lr`.
+        rates apply in stage C; stages A and B train their parameters at `base_lr`. The row-masked
+        embedding and head form a `new_tokens` group without weight decay: decay would move the
+        rows whose gradient is masked.
         """
         last_step = sys.maxsize  # B's schedule ends with every block unfrozen
         ever_trained = {id(p) for p in self.trainable_parameters(model, last_step)}
         new = {id(p) for p in _parameters(model.decoder.bridge_modules())}
-        by_part: dict[str, list[nn.Parameter]] = {part: [] for part in PARTS}
+        masked = token_row_parameters(model) if self.masks_token_rows else []
+        token_rows = {id(p) for p in masked}
+        by_part: dict[str, list[nn.Parameter]] = {part: [] for part in (*PARTS, "new_tokens")}
         for part, module in (("encoder", model.encoder), ("decoder", model.decoder)):
             for parameter in module.parameters():
-                if id(parameter) in ever_trained:
+                if id(parameter) in token_rows:
+                    by_part["new_tokens"].append(parameter)
+                elif id(parameter) in ever_trained:
                     by_part["new" if id(parameter) in new else part].append(parameter)
-        return [
+        groups = [
             {
                 "name": part,
                 "params": params,
@@ -109,3 +198,7 @@ class StageSchedule:
             for part, params in by_part.items()
             if params
         ]
+        for group in groups:
+            if group["name"] == "new_tokens":
+                group["weight_decay"] = 0.0
+        return groups
