@@ -34,8 +34,13 @@ def examples(tmp_path_factory) -> list[dict]:
     datamodule = MidiDataModule(
         mode="synthetic",
         cache_dir=str(tmp_path_factory.mktemp("data_cache")),
-        synthesis={"pieces_per_form": 2, "min_tokens": 128, "max_tokens": 256, "seed": 0},
-        val_fraction=0.25,
+        synthesis={
+            "pieces_per_form": 2,
+            "min_tokens": 128,
+            "max_tokens": 256,
+            "seed": 0,
+            "val_fraction": 0.25,
+        },
         snippet_len=16,
         max_snippets=2,
         max_seq_len=SEQUENCE_LENGTH,

@@ -148,17 +148,22 @@ class TrainingTask(pl.LightningModule):
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        result = self.step_loss(batch)
-        self.log("val/loss", result.loss, prog_bar=True, sync_dist=True)
+    def evaluation_loss(self, split: str, batch: dict[str, torch.Tensor]) -> StepLoss:
+        """A validation or test batch's loss; a task that logs more metrics from the same forward
+        pass overrides this rather than running the network twice."""
+        return self.step_loss(batch)
+
+    def _evaluate(self, split: str, batch: dict[str, torch.Tensor]) -> None:
+        result = self.evaluation_loss(split, batch)
+        self.log(f"{split}/loss", result.loss, prog_bar=split == "val", sync_dist=True)
         if self.reports_perplexity:
-            self.log("val/perplexity", torch.exp(result.loss), sync_dist=True)
+            self.log(f"{split}/perplexity", torch.exp(result.loss), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        result = self.step_loss(batch)
-        self.log("test/loss", result.loss, sync_dist=True)
-        if self.reports_perplexity:
-            self.log("test/perplexity", torch.exp(result.loss), sync_dist=True)
+        self._evaluate("test", batch)
 
     def init_from(self, path: str | Path) -> None:
         """Initialise `net` from a Lightning checkpoint or a state-dict file; not a resume."""

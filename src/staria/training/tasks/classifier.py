@@ -4,6 +4,7 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from staria.models.classifier import ClassifierLogits
 from staria.training.tasks.base import StepLoss, TrainingTask
 
 
@@ -33,7 +34,9 @@ class ClassifierTask(TrainingTask):
         }
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
-        logits = self.net(batch["tokens"], batch["token_mask"])
+        return self._loss(self.net(batch["tokens"], batch["token_mask"]), batch)
+
+    def _loss(self, logits: ClassifierLogits, batch: dict[str, torch.Tensor]) -> StepLoss:
         labels = self._labels(batch)
         losses = [
             F.cross_entropy(getattr(logits, head).flatten(0, -2), labels[head].flatten())
@@ -42,17 +45,11 @@ class ClassifierTask(TrainingTask):
         ]
         return StepLoss(torch.stack(losses).sum(), batch["token_mask"].sum())
 
-    def _log_accuracy(self, split: str, batch: dict[str, torch.Tensor]) -> None:
+    def evaluation_loss(self, split: str, batch: dict[str, torch.Tensor]) -> StepLoss:
+        """Loss and per-head accuracy from one forward pass."""
         logits = self.net(batch["tokens"], batch["token_mask"])
         for head, label in self._labels(batch).items():
             metric = self.accuracy[f"{split}_{head}"]
             metric(getattr(logits, head).flatten(0, -2), label.flatten())
             self.log(f"{split}/{head}_accuracy", metric)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        self._log_accuracy("val", batch)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        self._log_accuracy("test", batch)
+        return self._loss(logits, batch)
