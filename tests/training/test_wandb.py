@@ -124,7 +124,6 @@ class SignalAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGUSR2)
 
 
-@pytest.mark.slow
 def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume(tmp_path):
     run_dir = tmp_path / "run"
     cfg = smoke_with_wandb(run_dir)
