@@ -1,4 +1,4 @@
-"""A briefly trained comparison classifier, shared by the research tests (one per session)."""
+"""A briefly trained comparison classifier, shared by the tests of this folder."""
 
 import os
 
@@ -8,7 +8,7 @@ from research.tiny import TINY_TRAINING
 from staria.research.phases import last_checkpoint, run_train_phase
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def research_cache(tmp_path_factory):
     """Keep the synthetic pieces and indexes of these tests out of the repository's cache."""
     folder = tmp_path_factory.mktemp("research_cache")
@@ -21,7 +21,7 @@ def research_cache(tmp_path_factory):
         os.environ["STARIA_DATA_CACHE"] = previous
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def classifier_run(research_cache, tmp_path_factory):
     """Run folder of a 3-step `experiment=compare_classifier` run."""
     run_dir = tmp_path_factory.mktemp("runs") / "classifier"
