@@ -174,6 +174,7 @@ def tokens_seen(preset: str, run_dir: Path, overrides: Sequence[str]) -> tuple[i
 def held_out_sequences(run_dir: Path) -> tuple[list[np.ndarray], list[str | None]]:
     """Token ids and forms of the test split the run's data module indexed."""
     datamodule = hydra.utils.instantiate(saved_data_settings(run_dir))
+    datamodule.prepare_data()  # reuses the run's cache; rebuilds it only if it was deleted
     found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
     split = CachedSplit(found.split_dirs["test"])
     return [split.tokens(i) for i in range(len(split))], [p.form for p in split.pieces]
