@@ -1,14 +1,14 @@
-"""Suite-wide settings: one torch thread (OpenMP spin-waits make 2 threads slower on shared cores)."""
+"""Suite-wide settings: one torch thread, since OpenMP spin-waits make 2 slower on shared cores."""
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from staria.paths import midi_dir  # noqa: E402
+from staria.paths import midi_dir
 
 torch.set_num_threads(1)
 
@@ -20,3 +20,11 @@ def shared_midi_dir():
     if not folder.is_dir():
         pytest.skip(f"real MIDI folder {folder} is absent (set STARIA_MIDI_DIR to run these tests)")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _forget_wandb_service():
+    """A W&B run started in the test process leaves WANDB_SERVICE set; a later subprocess (a
+    SLURM job) would attach to that service, which still holds the killed run's id as in use."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)

@@ -1,3 +1,3 @@
-"""Staria: hierarchical symbolic-music generation with a snippet encoder and a cross-attending decoder."""
+"""Staria: hierarchical symbolic-music generation with snippet-conditioned transformers."""
 
 __version__ = "0.1.0"

@@ -109,7 +109,7 @@ class MidiDataModule(L.LightningDataModule):
             raise ValueError(f"data task {task!r} is not one of {TASKS}")
         if mode == "real" and not folders:
             raise ValueError("data mode 'real' needs `folders` of MIDI files")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.mode, self.task, self.model_kind = mode, task, model_kind
         self.cache_dir = Path(cache_dir)
         self.folders = [Path(f) for f in folders]
