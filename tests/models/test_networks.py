@@ -1,5 +1,7 @@
 """Shapes, sizes, gating, masking and KV-cached generation of the Staria networks (tiny sizes)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -10,10 +12,12 @@ from staria.models import (
     SnippetEncoder,
     StariaModel,
 )
-from staria.models.autoregressive import ContextTooLongError, LogitsFilter
+from staria.models.autoregressive import ContextTooLongError, DecodingSpec, LogitsFilter
 
 VOCAB = 97
 TINY = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
+NO_EOS = DecodingSpec(eos_id=-1)
+GREEDY = replace(NO_EOS, logits_filter=LogitsFilter(temperature=0.0))
 
 
 def tiny_staria(seed: int = 0, **decoder_options) -> StariaModel:
@@ -142,10 +146,9 @@ def test_cached_generation_equals_uncached_and_encodes_once():
     prompt = torch.randint(3, VOCAB, (2, 5))
     encoder_calls = []
     model.encoder.register_forward_hook(lambda *_: encoder_calls.append(1))
-    options = {"temperature": 0.0, "eos_id": -1}
-    cached = model.generate(snippets, snippet_mask, prompt, 10, cache_kv=True, **options)
+    cached = model.generate(snippets, snippet_mask, prompt, 10, GREEDY)
     assert len(encoder_calls) == 1
-    uncached = model.generate(snippets, snippet_mask, prompt, 10, cache_kv=False, **options)
+    uncached = model.generate(snippets, snippet_mask, prompt, 10, replace(GREEDY, cache_kv=False))
     assert cached.shape == (2, 10)
     assert torch.equal(cached, uncached)
     assert not model.training
@@ -155,10 +158,10 @@ def test_each_sample_stops_at_its_own_eos():
     torch.manual_seed(3)
     baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=64, **TINY).eval()
     prompt = torch.randint(3, VOCAB, (3, 4))
-    free = baseline.generate(prompt, 12, temperature=0.0, eos_id=-1)
+    free = baseline.generate(prompt, 12, GREEDY)
     row0 = free[0].tolist()
     eos = [t for k, t in enumerate(row0) if t not in row0[:k] and t not in prompt][1]
-    stopped = baseline.generate(prompt, 12, temperature=0.0, eos_id=eos, pad_id=2)
+    stopped = baseline.generate(prompt, 12, replace(GREEDY, eos_id=eos, pad_id=2))
     for row, free_row in zip(stopped, free, strict=True):
         hits = (free_row == eos).nonzero()
         end = int(hits[0]) + 1 if len(hits) else len(free_row)
@@ -166,7 +169,7 @@ def test_each_sample_stops_at_its_own_eos():
         assert (row[end:] == 2).all()
     assert (stopped[0] == 2).any()
     with pytest.raises(ValueError, match="contains the eos id"):
-        baseline.generate(prompt, 12, eos_id=int(prompt[1, 2]))
+        baseline.generate(prompt, 12, DecodingSpec(eos_id=int(prompt[1, 2])))
 
 
 def test_learned_positions_refuse_cached_decoding_past_context():
@@ -174,7 +177,7 @@ def test_learned_positions_refuse_cached_decoding_past_context():
     with pytest.raises(ContextTooLongError, match="max_seq_len=16"):
         baseline.generate(torch.randint(3, VOCAB, (1, 10)), 7)
     rotary = DecoderOnlyBaseline(VOCAB, max_seq_len=16, aria_layout=True, **TINY)
-    assert rotary.generate(torch.randint(3, VOCAB, (1, 10)), 7, eos_id=-1).shape == (1, 7)
+    assert rotary.generate(torch.randint(3, VOCAB, (1, 10)), 7, NO_EOS).shape == (1, 7)
 
 
 def test_logits_filter_is_explicit():

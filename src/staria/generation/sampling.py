@@ -17,6 +17,7 @@ import torch
 from staria.data.collate import Collator
 from staria.generation.prompts import Prompt
 from staria.models import DecoderOnlyBaseline, StariaModel
+from staria.models.autoregressive import DecodingSpec, LogitsFilter
 
 TEMPERATURE_RANGE = (0.1, 2.0)
 
@@ -54,6 +55,10 @@ class SamplingSettings:
             raise SamplingConfigError("sampling.min_p", self.min_p, "must lie in [0, 1) or null")
         if self.max_length < 1:
             raise SamplingConfigError("sampling.max_length", self.max_length, "must be >= 1")
+
+    @property
+    def logits_filter(self) -> LogitsFilter:
+        return LogitsFilter(self.temperature, self.top_k, self.top_p, self.min_p)
 
 
 @dataclass(frozen=True)
@@ -110,19 +115,11 @@ def _sample_batch(
             settings.max_length,
             f"leaves no room after a {shortest_start}-token piece start",
         )
-    filters = {
-        "temperature": settings.temperature,
-        "top_k": settings.top_k,
-        "top_p": settings.top_p,
-        "min_p": settings.min_p,
-        "eos_id": eos_id,
-        "pad_id": pad_id,
-        "cache_kv": cache_kv,
-    }
+    decoding = DecodingSpec(settings.logits_filter, eos_id=eos_id, pad_id=pad_id, cache_kv=cache_kv)
     if isinstance(model, StariaModel):
         snippets, snippet_mask = _snippet_batch(prompts, pad_id, device)
-        return model.generate(snippets, snippet_mask, inputs, max_new_tokens, **filters)
-    return model.generate(inputs, max_new_tokens, **filters)
+        return model.generate(snippets, snippet_mask, inputs, max_new_tokens, decoding)
+    return model.generate(inputs, max_new_tokens, decoding)
 
 
 def sample_pieces(

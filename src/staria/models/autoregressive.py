@@ -7,7 +7,7 @@ top-k, top-p (nucleus), min-p.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 from x_transformers import AutoregressiveWrapper, TransformerWrapper
@@ -40,48 +40,55 @@ class LogitsFilter:
         return logits
 
 
+@dataclass(frozen=True)
+class DecodingSpec:
+    """How every model's `generate` draws and stops: the logits filter (temperature 0 is greedy),
+    the ids that end and pad a sample, and whether keys/values are cached."""
+
+    logits_filter: LogitsFilter = LogitsFilter()
+    eos_id: int = 1
+    pad_id: int = 2
+    cache_kv: bool = True
+
+
+DEFAULT_DECODING = DecodingSpec()
+
+
 def generate_with_cache(
     net: TransformerWrapper,
     prompt: Tensor | list[Tensor],
     max_new_tokens: int,
-    *,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    min_p: float | None,
-    eos_id: int,
-    pad_id: int,
-    cache_kv: bool = True,
+    decoding: DecodingSpec,
     **net_kwargs,
 ) -> Tensor:
     """Sample up to `max_new_tokens` after each prompt (rows of [B,T], or a list of 1-D prompts of
-    different lengths); temperature 0 is greedy. Each sample stops at its own `eos_id`: the result
-    [B, <=max_new_tokens] holds the eos and `pad_id` after it. `net_kwargs` (e.g. the
-    cross-attention context) go to every forward; with `cache_kv` the keys and values of
-    self- and cross-attention are computed once and reused.
+    different lengths). Each sample stops at its own eos: the result [B, <=max_new_tokens] holds
+    the eos and pad after it. `net_kwargs` (e.g. the cross-attention context) go to every
+    forward; with `cache_kv` the keys and values of self- and cross-attention are computed once.
     """
     prompt_len = max(p.shape[-1] for p in prompt) if isinstance(prompt, list) else prompt.shape[-1]
     too_long = prompt_len + max_new_tokens > net.max_seq_len
-    if cache_kv and too_long and not net.can_cache_kv_outside_max_seq_len:
+    if decoding.cache_kv and too_long and not net.can_cache_kv_outside_max_seq_len:
         raise ContextTooLongError(
             f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds "
             f"max_seq_len={net.max_seq_len}: learned absolute positions cannot decode past "
             "it with a KV cache (use a rotary layout or a shorter request)"
         )
     for row, tokens in enumerate(prompt):
-        if (tokens == eos_id).any():
+        if (tokens == decoding.eos_id).any():
             # x-transformers would treat it as already finished and cut the sample there.
-            raise ValueError(f"prompt row {row} contains the eos id {eos_id}")
-    wrapper = AutoregressiveWrapper(net, pad_value=pad_id)
+            raise ValueError(f"prompt row {row} contains the eos id {decoding.eos_id}")
+    wrapper = AutoregressiveWrapper(net, pad_value=decoding.pad_id)
     # A fresh wrapper is in training mode and restores that mode after generating.
     wrapper.train(net.training)
-    greedy = temperature == 0
+    logits_filter = decoding.logits_filter
+    greedy = logits_filter.temperature == 0
     return wrapper.generate(
         prompt,
         max_new_tokens,
-        eos_token=eos_id,
+        eos_token=decoding.eos_id,
         temperature=0.0 if greedy else 1.0,
-        filter_logits_fn=LogitsFilter(1.0 if greedy else temperature, top_k, top_p, min_p),
-        cache_kv=cache_kv,
+        filter_logits_fn=replace(logits_filter, temperature=1.0) if greedy else logits_filter,
+        cache_kv=decoding.cache_kv,
         **net_kwargs,
     )

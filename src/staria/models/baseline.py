@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from staria.models.autoregressive import generate_with_cache
+from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec, generate_with_cache
 from staria.models.decoder import build_decoder_net, decoder_blocks, norm_modules
 
 
@@ -57,25 +57,7 @@ class DecoderOnlyBaseline(nn.Module):
         self,
         prompt: Tensor | list[Tensor],
         max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        eos_id: int = 1,
-        pad_id: int = 2,
-        cache_kv: bool = True,
+        decoding: DecodingSpec = DEFAULT_DECODING,
     ) -> Tensor:
         """Sample continuations; see `staria.models.autoregressive.generate_with_cache`."""
-        return generate_with_cache(
-            self.net,
-            prompt,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            eos_id=eos_id,
-            pad_id=pad_id,
-            cache_kv=cache_kv,
-        )
+        return generate_with_cache(self.net, prompt, max_new_tokens, decoding)

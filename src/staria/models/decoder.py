@@ -15,7 +15,7 @@ from x_transformers import Decoder, TransformerWrapper
 from x_transformers.x_transformers import GLU, LayerNorm, RMSNorm, RotaryEmbedding
 
 from staria.models.activation_checkpointing import checkpoint_layers
-from staria.models.autoregressive import generate_with_cache
+from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec, generate_with_cache
 
 ARIA_ROTARY_BASE = 500_000
 
@@ -204,27 +204,9 @@ class CrossAttendingDecoder(nn.Module):
         max_new_tokens: int,
         context: Tensor,
         context_mask: Tensor,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        eos_id: int = 1,
-        pad_id: int = 2,
-        cache_kv: bool = True,
+        decoding: DecodingSpec = DEFAULT_DECODING,
     ) -> Tensor:
         """Sample continuations; see `staria.models.autoregressive.generate_with_cache`."""
         return generate_with_cache(
-            self.net,
-            prompt,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            eos_id=eos_id,
-            pad_id=pad_id,
-            cache_kv=cache_kv,
-            context=context,
-            context_mask=context_mask,
+            self.net, prompt, max_new_tokens, decoding, context=context, context_mask=context_mask
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec
 from staria.models.decoder import CrossAttendingDecoder
 from staria.models.encoder import SnippetEncoder
 
@@ -42,14 +43,7 @@ class StariaModel(nn.Module):
         snippet_mask: Tensor,
         prompt: Tensor | list[Tensor],
         max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        eos_id: int = 1,
-        pad_id: int = 2,
-        cache_kv: bool = True,
+        decoding: DecodingSpec = DEFAULT_DECODING,
     ) -> Tensor:
         """Sample a continuation of each prompt conditioned on its snippets; the encoder runs once
         per call and, with `cache_kv`, the cross-attention keys/values are computed once too."""
@@ -57,16 +51,4 @@ class StariaModel(nn.Module):
         self.eval()
         context, context_mask = self.encode_snippets(snippets, snippet_mask)
         self.train(was_training)
-        return self.decoder.generate(
-            prompt,
-            max_new_tokens,
-            context,
-            context_mask,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            eos_id=eos_id,
-            pad_id=pad_id,
-            cache_kv=cache_kv,
-        )
+        return self.decoder.generate(prompt, max_new_tokens, context, context_mask, decoding)
