@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from staria.errors import RecordFormatError
 from staria.tokenizer import FORMS, SECTION_LETTERS, TIME_STEP_MS
 
 # generated/stitched: synthetic pieces; labelled: real MIDI labelled by a section classifier.
@@ -24,14 +25,8 @@ STYLE_KEYS = ("composer", "form", "genre")
 BOUNDARY_TOLERANCE_S = TIME_STEP_MS / 2 / 1000
 
 
-class LabelFormatError(ValueError):
-    """A label file or record that breaks the documented format; names the file and key at fault."""
-
-    def __init__(self, path: str | Path, key: str, reason: str) -> None:
-        super().__init__(f"{path}: key {key!r}: {reason}")
-        self.path = str(path)
-        self.key = key
-        self.reason = reason
+class LabelFormatError(RecordFormatError):
+    """A label file or record that breaks docs/data-format.md."""
 
 
 @dataclass(frozen=True)

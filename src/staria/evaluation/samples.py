@@ -10,15 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from staria.errors import RecordFormatError
 
-class ManifestError(ValueError):
-    """A manifest that breaks the documented format; names the file and key at fault."""
 
-    def __init__(self, path: str | Path, key: str, reason: str) -> None:
-        super().__init__(f"{path}: key {key!r}: {reason}")
-        self.path = str(path)
-        self.key = key
-        self.reason = reason
+class ManifestError(RecordFormatError):
+    """A manifest that breaks docs/evaluation.md."""
 
 
 @dataclass(frozen=True)
