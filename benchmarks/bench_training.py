@@ -43,26 +43,15 @@ class RunResult:
 
 
 def materialise_batches(cache_dir: Path, steps: int, max_seq_len: int, batch_size: int) -> list:
-    """The first `steps` training batches of the synthetic generative data module."""
-    from staria.data import MidiDataModule
+    """The first `steps` training batches of `conf/data/synthetic.yaml`."""
+    import hydra
+    from omegaconf import OmegaConf
 
-    datamodule = MidiDataModule(
-        mode="synthetic",
-        task="generative",
-        model_kind="staria",
+    datamodule = hydra.utils.instantiate(
+        OmegaConf.load(REPO_ROOT / "conf/data/synthetic.yaml"),
         cache_dir=str(cache_dir),
-        synthesis={
-            "pieces_per_form": 8,
-            "min_tokens": 256,
-            "max_tokens": 768,
-            "seed": 0,
-            "val_fraction": 0.25,
-        },
-        snippet_len=64,
-        max_snippets=4,
         max_seq_len=max_seq_len,
         batch_size=batch_size,
-        bucket_batches=8,
     )
     datamodule.prepare_data()
     datamodule.setup("fit")

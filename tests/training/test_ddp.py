@@ -16,9 +16,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
+from training.configs import synthetic_datamodule
 
 from staria.data.collate import Collator
-from staria.data.datamodule import MidiDataModule
 from staria.paths import REPO_ROOT
 from staria.training.tasks import StariaTask
 
@@ -31,16 +31,9 @@ LR = 1e-3
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> list[dict]:
     """STEPS global batches of equally long examples from the real data pipeline."""
-    datamodule = MidiDataModule(
-        mode="synthetic",
-        cache_dir=str(tmp_path_factory.mktemp("data_cache")),
-        synthesis={
-            "pieces_per_form": 2,
-            "min_tokens": 128,
-            "max_tokens": 256,
-            "seed": 0,
-            "val_fraction": 0.25,
-        },
+    datamodule = synthetic_datamodule(
+        tmp_path_factory.mktemp("data_cache"),
+        synthesis={"pieces_per_form": 2, "min_tokens": 128, "max_tokens": 256},
         snippet_len=16,
         max_snippets=2,
         max_seq_len=SEQUENCE_LENGTH,

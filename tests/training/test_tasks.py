@@ -4,24 +4,17 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import OmegaConf
+from training.configs import synthetic_datamodule
 
-from staria.data.datamodule import MidiDataModule
 from staria.paths import REPO_ROOT
 from staria.training.tasks import ClassifierTask
 
 
 def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
-    datamodule = MidiDataModule(
-        mode="synthetic",
+    datamodule = synthetic_datamodule(
+        tmp_path,
         task="classification",
-        cache_dir=str(tmp_path),
-        synthesis={
-            "pieces_per_form": 4,
-            "min_tokens": 128,
-            "max_tokens": 256,
-            "seed": 0,
-            "val_fraction": 0.25,
-        },
+        synthesis={"pieces_per_form": 4, "min_tokens": 128, "max_tokens": 256},
         max_seq_len=96,
         batch_size=2,
     )
@@ -43,7 +36,6 @@ def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
         limit_val_batches=3,
     )
     results = trainer.validate(task, datamodule=datamodule)
-    print("DBG", results, len(forward_calls), len(datamodule.datasets["val"]))
     (metrics,) = results
     assert len(forward_calls) == 3
     assert {"val/loss", "val/form_accuracy", "val/style_accuracy"} <= set(metrics)

@@ -3,15 +3,14 @@
 import json
 import os
 import signal
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
+from training.configs import CONF_DIR, compose_train, smoke
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
@@ -19,7 +18,6 @@ from staria.training.config import MissingConfigValueError
 from staria.training.resume import FINISHED_MARKER, resume_point
 from staria.training.train import train
 
-CONF_DIR = REPO_ROOT / "conf"
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.yaml"))
 TINY_NET = {"staria": "staria_tiny", "baseline": "baseline_tiny", "contrastive": "encoder_tiny"}
 TINY_NET["classifier"] = "classifier_tiny"
@@ -28,30 +26,6 @@ TINY_NET["classifier"] = "classifier_tiny"
 @pytest.fixture(scope="module", autouse=True)
 def data_cache(tmp_path_factory):
     os.environ["STARIA_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
-
-
-def compose_train(run_dir: Path, *overrides: str):
-    """The real config, small enough for a CPU test, with `run_dir` as the run folder."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.run_dir={run_dir}",
-                "print_config=false",
-                "logger=none",
-                "data.max_seq_len=128",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra  # as in a real run: the task function never sees the `hydra` node
-    return cfg
-
-
-def smoke(run_dir: Path, *overrides: str):
-    return compose_train(run_dir, "experiment=smoke", *overrides)
 
 
 def preset_model(preset: str) -> str:

@@ -16,12 +16,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import wandb
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from training.configs import smoke
 from wandb.proto import wandb_internal_pb2
 
-from staria.paths import REPO_ROOT
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
 from staria.training.train import train
 
@@ -34,26 +32,6 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("STARIA_DATA_CACHE", str(tmp_path / "data_cache"))
-
-
-def smoke_with_wandb(run_dir: Path, *overrides: str):
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=smoke",
-                f"paths.run_dir={run_dir}",
-                "print_config=false",
-                "logger=wandb",
-                "data.max_seq_len=128",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
 
 
 def run_training(cfg) -> pl.Trainer:
@@ -126,7 +104,7 @@ class SignalAtStep(pl.Callback):
 
 def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume(tmp_path):
     run_dir = tmp_path / "run"
-    cfg = smoke_with_wandb(run_dir)
+    cfg = smoke(run_dir, logger="wandb")
     with open_dict(cfg):
         cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": 1}
     assert run_training(cfg).global_step == 2
@@ -150,7 +128,7 @@ def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume
     history = logged(records, "history")
     assert {"train/loss", "train/lr", "train/grad_norm"} <= set().union(*history)
 
-    resumed = run_training(smoke_with_wandb(run_dir))
+    resumed = run_training(smoke(run_dir, logger="wandb"))
     assert resumed.global_step == 4 and (run_dir / FINISHED_MARKER).exists()
     assert (run_dir / WANDB_ID_FILE).read_text().strip() == run_id
     second = [p for p in (run_dir / "wandb").glob("offline-run-*") if p != first]
