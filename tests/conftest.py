@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from staria.paths import midi_dir
+from staria.tokenizer import MusicTokenizerWithStyle
 
 torch.set_num_threads(1)
 
@@ -20,6 +21,11 @@ def shared_midi_dir():
     if not folder.is_dir():
         pytest.skip(f"real MIDI folder {folder} is absent (set STARIA_MIDI_DIR to run these tests)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> MusicTokenizerWithStyle:
+    return MusicTokenizerWithStyle()
 
 
 @pytest.fixture(autouse=True)

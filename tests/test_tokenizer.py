@@ -7,18 +7,13 @@ import pretty_midi
 import pytest
 
 from staria.paths import midi_dir
-from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
+from staria.tokenizer import MidiReadError
 from staria.tokenizer_cli import roundtrip_report, write_example_midi
 
 REFERENCE = midi_dir() / "aria_reference_ids.json"
 _reference = (
     json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {"files": {}, "errors": {}}
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return MusicTokenizerWithStyle()
 
 
 def test_vocabulary_is_aria_then_staria(tokenizer, shared_midi_dir):

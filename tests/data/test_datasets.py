@@ -17,14 +17,9 @@ from staria.data.datasets import (
 )
 from staria.data.preprocess import CachedSplit, IndexSettings, TokenLayout, build_index
 from staria.data.synthetic import SynthesisConfig, synthesize
-from staria.tokenizer import FORMS, GENRES, MusicTokenizerWithStyle
+from staria.tokenizer import FORMS, GENRES
 
 SETTINGS = SequenceSettings(snippet_len=32, max_snippets=4, max_seq_len=256)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return MusicTokenizerWithStyle()
 
 
 @pytest.fixture(scope="module")

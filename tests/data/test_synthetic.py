@@ -14,17 +14,11 @@ from staria.data.synthetic import (
     synthesize,
 )
 from staria.evaluation.notes import TokenTable, sectioned_notes
-from staria.tokenizer import MusicTokenizerWithStyle
 
 GENERATED = SynthesisConfig(
     pieces_per_form=4, seed=3, min_tokens=200, max_tokens=700, val_fraction=0.25
 )
 STITCHED_FORMS = ("AB", "ABA", "ABCB")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return MusicTokenizerWithStyle()
 
 
 @pytest.fixture(scope="module")

@@ -79,11 +79,6 @@ class PitchVoter(torch.nn.Module):
         return self.votes(tokens, per_sample_weights=token_mask.float())
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> MusicTokenizerWithStyle:
-    return MusicTokenizerWithStyle()
-
-
 def generated(tokenizer, form: str, pitches: list[int]) -> GeneratedSample:
     tokens = [("prefix", "instrument", "piano"), tokenizer.form_token(form), "<S>", "<A_SECTION>"]
     for index, pitch in enumerate(pitches):

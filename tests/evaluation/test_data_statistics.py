@@ -13,7 +13,6 @@ from staria.evaluation.data_statistics import (
     run_statistics,
     save_statistics,
 )
-from staria.tokenizer import MusicTokenizerWithStyle
 
 # Four piano notes: onsets 0, 0, 500 and 5000 + 1000 ms (after one <T>).
 TINY_PIECE = [
@@ -26,11 +25,6 @@ TINY_PIECE = [
     ("piano", 72, 40), ("onset", 1000), ("dur", 1000),
     "<E>",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return MusicTokenizerWithStyle()
 
 
 def _labels(form: str, split: str | None, genre: str | None = None) -> PieceLabels:
