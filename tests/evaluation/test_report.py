@@ -9,15 +9,14 @@ import subprocess
 import wave
 from pathlib import Path
 
-import pretty_midi
 import pytest
 import wandb
+from evaluation.midi_files import write_midi
 
 from staria.evaluation.audio import render_audio, wav_bytes
 from staria.evaluation.notes import TokenTable
 from staria.evaluation.report import SampleMedia, log_to_wandb, render_samples, write_report
 from staria.evaluation.samples import GeneratedSample
-from staria.tokenizer import MusicTokenizerWithStyle
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -58,25 +57,11 @@ window.addEventListener("load", async () => {
 NOTES = [(60, 0, 400), (64, 500, 400), (67, 1000, 400), (72, 1500, 900)]
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> MusicTokenizerWithStyle:
-    return MusicTokenizerWithStyle()
-
-
 def section_ids(tokenizer, letter: str, notes, offset_ms: int = 0) -> list[int]:
     tokens = [tokenizer.section_token(letter)]
     for pitch, onset, duration in notes:
         tokens += [("piano", pitch, 80), ("onset", offset_ms + onset), ("dur", duration)]
     return tokenizer.encode(tokens)
-
-
-def write_midi(path: Path, notes) -> Path:
-    midi = pretty_midi.PrettyMIDI()
-    piano = pretty_midi.Instrument(program=0)
-    piano.notes = [pretty_midi.Note(80, p, s / 1000, (s + d) / 1000) for p, s, d in notes]
-    midi.instruments.append(piano)
-    midi.write(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

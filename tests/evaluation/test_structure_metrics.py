@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import numpy as np
-import pretty_midi
 import pytest
+from evaluation.midi_files import write_midi
 
 from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
 from staria.evaluation.samples import GeneratedSample
@@ -15,16 +15,11 @@ from staria.evaluation.structure_metrics import (
     texture,
 )
 from staria.midi_io import NoteTable, read_notes
-from staria.tokenizer import SEGMENT_MS, MusicTokenizerWithStyle
+from staria.tokenizer import SEGMENT_MS
 
 # Three rising notes, 500 ms apart (A), and a repeated D at the same pace (B).
 A_NOTES = [(60, 0, 500), (64, 500, 500), (67, 1000, 500)]
 B_NOTES = [(62, 0, 500), (62, 500, 500), (62, 1000, 500)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> MusicTokenizerWithStyle:
-    return MusicTokenizerWithStyle()
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +57,6 @@ def sample(ids, midi_path: Path, form=None, eos=True) -> GeneratedSample:
         prompt_ids=(),
         ended_with_eos=eos,
     )
-
-
-def write_midi(path: Path, notes) -> Path:
-    midi = pretty_midi.PrettyMIDI()
-    piano = pretty_midi.Instrument(program=0)
-    piano.notes = [pretty_midi.Note(80, p, s / 1000, (s + d) / 1000) for p, s, d in notes]
-    midi.instruments.append(piano)
-    midi.write(str(path))
-    return path
 
 
 def read_notes_from(notes):

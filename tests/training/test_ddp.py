@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
-from training.configs import synthetic_datamodule
+from training.runs import synthetic_datamodule
 
 from staria.data.collate import Collator
 from staria.paths import REPO_ROOT

@@ -4,7 +4,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import OmegaConf
-from training.configs import synthetic_datamodule
+from training.runs import synthetic_datamodule
 
 from staria.paths import REPO_ROOT
 from staria.training.tasks import ClassifierTask

@@ -2,15 +2,13 @@
 
 import json
 import os
-import signal
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import open_dict
-from training.configs import CONF_DIR, compose_train, smoke
+from training.runs import CONF_DIR, compose_train, preempt_at_step, smoke
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
@@ -69,17 +67,6 @@ def test_a_missing_required_value_names_the_key(tmp_path):
         train(cfg)
 
 
-class SignalAtStep(pl.Callback):
-    """Sends the process SIGUSR2 (what submitit sends before a time limit) during step `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR2)
-
-
 def final_weights(trainer: pl.Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.lightning_module.net.state_dict().items()}
 
@@ -91,8 +78,7 @@ def test_preempted_run_resumes_at_its_step_and_matches_an_uninterrupted_run(tmp_
 
     run_dir = tmp_path / "preempted"
     cfg = smoke(run_dir, *steps)
-    with open_dict(cfg):
-        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": 2}
+    preempt_at_step(cfg, 2)
     stopped = train(cfg)
     assert stopped.global_step == 3
     assert not (run_dir / FINISHED_MARKER).exists()

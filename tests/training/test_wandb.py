@@ -7,8 +7,6 @@ reads the framing and lets wandb's own protobuf classes parse the records.
 """
 
 import json
-import os
-import signal
 import struct
 import time
 from pathlib import Path
@@ -16,8 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import wandb
-from omegaconf import open_dict
-from training.configs import smoke
+from training.runs import preempt_at_step, smoke
 from wandb.proto import wandb_internal_pb2
 
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
@@ -91,22 +88,10 @@ def logged(records: list, kind: str) -> list[dict]:
     return items
 
 
-class SignalAtStep(pl.Callback):
-    """SIGUSR2 (what submitit sends before a time limit) during step `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR2)
-
-
 def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume(tmp_path):
     run_dir = tmp_path / "run"
     cfg = smoke(run_dir, logger="wandb")
-    with open_dict(cfg):
-        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": 1}
+    preempt_at_step(cfg, 1)
     assert run_training(cfg).global_step == 2
     assert not (run_dir / FINISHED_MARKER).exists()
 
