@@ -87,6 +87,20 @@ def _read_vlq(data, pos):
 
 
 @njit(cache=True)
+def _read_body_length(data, pos):
+    """(error, length, body start) of a meta or sysex body whose VLQ length is at `pos`; error is
+    OK, EOF if the body runs past the file, or TOO_LONG (with the length) past mido's limit."""
+    length, pos = _read_vlq(data, pos)
+    if pos < 0:
+        return EOF, 0, pos
+    if length > MAX_MESSAGE_LENGTH:
+        return TOO_LONG, length, pos
+    if pos + length > len(data):
+        return EOF, 0, pos
+    return OK, length, pos
+
+
+@njit(cache=True)
 def _meta_is_valid(meta_type, data, start, length):
     """Whether mido can decode this meta message (it refuses short or out-of-range data)."""
     if meta_type == 0x00:
@@ -185,13 +199,9 @@ def _read(data, message_length, events, tempos, counters):
                 if pos >= n:
                     return EOF, 0, track, division
                 meta_type = np.int64(data[pos])
-                length, pos = _read_vlq(data, pos + 1)
-                if pos < 0:
-                    return EOF, 0, track, division
-                if length > MAX_MESSAGE_LENGTH:
-                    return TOO_LONG, length, track, division
-                if pos + length > n:
-                    return EOF, 0, track, division
+                error, length, pos = _read_body_length(data, pos + 1)
+                if error != OK:
+                    return error, length, track, division
                 if not _meta_is_valid(meta_type, data, pos, length):
                     return BAD_META, meta_type, track, division
                 if meta_type == TEMPO_META:
@@ -205,13 +215,9 @@ def _read(data, message_length, events, tempos, counters):
                 pos += length
             elif status == 0xF0 or status == 0xF7:
                 # A running-status data byte before sysex is dropped, as mido does.
-                length, pos = _read_vlq(data, pos)
-                if pos < 0:
-                    return EOF, 0, track, division
-                if length > MAX_MESSAGE_LENGTH:
-                    return TOO_LONG, length, track, division
-                if pos + length > n:
-                    return EOF, 0, track, division
+                error, length, pos = _read_body_length(data, pos)
+                if error != OK:
+                    return error, length, track, division
                 pos += length
             else:
                 length = message_length[status]
