@@ -5,12 +5,12 @@ import pytest
 
 from staria.data.labels import PieceLabels, Section
 from staria.data.synthetic import SynthesisConfig, synthesize
+from staria.evaluation.cli import dataset_statistics
 from staria.evaluation.data_statistics import (
     HISTOGRAM_EDGES,
     StatisticsPiece,
     compute_statistics,
     load_pieces,
-    run_statistics,
     save_statistics,
 )
 
@@ -78,7 +78,7 @@ def test_statistics_of_a_folder_match_the_synthesis_and_write_pngs(tmp_path):
         pieces_per_form=2, forms=("AB", "ABA"), min_tokens=100, max_tokens=300, val_fraction=0.5
     )
     synthesize(config, tmp_path / "synthetic")
-    summary_path = run_statistics({"synthetic": tmp_path / "synthetic"}, tmp_path / "stats")
+    summary_path = dataset_statistics([tmp_path / "synthetic"], tmp_path / "stats")
     summary = json.loads(summary_path.read_text())["synthetic"]
     assert summary["splits"]["all"]["forms"] == {"AB": 2, "ABA": 2}
     assert summary["splits"]["train"]["pieces"] == summary["splits"]["val"]["pieces"] == 2

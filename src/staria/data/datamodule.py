@@ -24,7 +24,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from staria.data.collate import Collator, LengthBucketBatchSampler
 from staria.data.datasets import (
-    STYLE_VOCABULARIES,
     ClassificationDataset,
     ContrastiveDataset,
     GenerativeDataset,
@@ -42,7 +41,7 @@ from staria.data.preprocess import (
     find_index,
 )
 from staria.data.synthetic import SynthesisConfig, synthesize
-from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+from staria.tokenizer import MusicTokenizerWithStyle
 
 MODES = ("synthetic", "real")
 TASKS = ("generative", "contrastive", "classification")
@@ -135,14 +134,6 @@ class MidiDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size()
-
-    @property
-    def num_form_classes(self) -> int:
-        return len(FORMS)
-
-    @property
-    def num_style_classes(self) -> int:
-        return len(STYLE_VOCABULARIES[self.style_key])
 
     @property
     def max_snippet_tokens(self) -> int:

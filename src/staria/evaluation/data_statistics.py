@@ -269,13 +269,3 @@ def _plot_counts(named: Mapping[str, Counter], what: str, path: Path) -> None:
         axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
-
-
-def run_statistics(inputs: Mapping[str, str | Path], out_dir: str | Path) -> Path:
-    """Statistics of each named folder of MIDI, overlaid when several; returns the JSON path."""
-    tokenizer = MusicTokenizerWithStyle()
-    sets = {}
-    for name, folder in inputs.items():
-        pieces, skipped = load_pieces(folder, tokenizer)
-        sets[name] = compute_statistics(pieces, tokenizer, skipped)
-    return save_statistics(sets, out_dir)

@@ -120,10 +120,6 @@ def _to_aria_layout(layers: Decoder, dim: int, dim_head: int) -> None:
             module.proj.register_parameter("bias", None)
 
 
-def _unwrapped(module: nn.Module) -> nn.Module:
-    return getattr(module, "_checkpoint_wrapped_module", module)
-
-
 def decoder_blocks(net: TransformerWrapper) -> list[list[nn.Module]]:
     """The decoder's transformer blocks bottom to top, each the list of its layers' modules
     (norms, attention / cross-attention / feed-forward, residual)."""
