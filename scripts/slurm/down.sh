@@ -16,7 +16,7 @@ if [[ ! -s $pids_file ]]; then
     exit 0
 fi
 
-is_recorded_process() { [[ -r /proc/$2/comm && $(cat "/proc/$2/comm") == "$1" ]]; }
+is_recorded_process() { [[ $(cat "/proc/$2/comm" 2>/dev/null) == "$1" ]]; }
 
 # Job steps run under slurmstepd, which outlives slurmd: end the jobs while the daemons still run.
 if timeout 5 squeue -h >/dev/null 2>&1; then
