@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import lightning.pytorch as pl
 import pytest
@@ -61,9 +62,10 @@ def test_a_wrong_type_for_a_typed_key_names_it(tmp_path):
         smoke(tmp_path, "stage.unfreeze_top_k=many")
 
 
-def test_a_missing_required_value_names_the_key(tmp_path):
-    cfg = smoke(tmp_path, "paths.data_dir=???")
-    with pytest.raises(MissingConfigValueError, match=r"paths\.data_dir"):
+@pytest.mark.parametrize("key", ["init_from", "paths.data_dir"])  # the latter is interpolated
+def test_a_missing_required_value_names_the_key(tmp_path, key):
+    cfg = smoke(tmp_path, f"{key}=???")
+    with pytest.raises(MissingConfigValueError, match=re.escape(key)):
         train(cfg)
 
 

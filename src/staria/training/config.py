@@ -9,6 +9,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError
 
 
 @dataclass
@@ -68,7 +69,11 @@ def register_configs() -> None:
 
 def check_no_missing(cfg: DictConfig) -> None:
     """Fail before any work with every `???` key named, not at the first access deep in a run."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except InterpolationToMissingValueError as error:
+        # A `???` key that another key interpolates surfaces while resolving that other key.
+        raise MissingConfigValueError(f"{error.full_key} needs a value: {error.msg}") from None
     if missing:
         raise MissingConfigValueError(
             "required config value(s) not set: "
