@@ -48,22 +48,26 @@ format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+DEMO_TRAIN = $(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS))
+DEMO_STARIA = $(DEMO_RUNS)/demo_staria
+DEMO_VAL = "$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
+
 demo: install ## the whole loop on synthetic data: tiny Staria A/B/C + baseline -> generate -> evaluate -> report
 	@echo "== [1/7] tokenizer round trip on a built-in example"
 	$(VENV)/bin/staria-tokenize roundtrip
 	@echo "== [2/7] Staria stage A: cross-attention + adapters (synthetic data is made and indexed on first use)"
-	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo stage=A
+	$(DEMO_TRAIN) experiment=demo stage=A
 	@echo "== [3/7] Staria stage B: progressive decoder unfreezing, from stage A"
-	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo stage=B init_from=$(DEMO_RUNS)/demo_staria/stage-A/checkpoints/last.ckpt
+	$(DEMO_TRAIN) experiment=demo stage=B init_from=$(DEMO_STARIA)/stage-A/checkpoints/last.ckpt
 	@echo "== [4/7] Staria stage C: everything, from stage B"
-	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo stage=C init_from=$(DEMO_RUNS)/demo_staria/stage-B/checkpoints/last.ckpt
+	$(DEMO_TRAIN) experiment=demo stage=C init_from=$(DEMO_STARIA)/stage-B/checkpoints/last.ckpt
 	@echo "== [5/7] decoder-only baseline"
-	$(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS)) experiment=demo_baseline
+	$(DEMO_TRAIN) experiment=demo_baseline
 	@echo "== [6/7] generate and evaluate Staria stage C"
-	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_staria/stage-C/checkpoints/last.ckpt N=$(N) DATA="$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_STARIA)/stage-C/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
 	@echo "== [7/7] generate and evaluate the baseline"
-	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_baseline/stage-none/checkpoints/last.ckpt N=$(N) DATA="$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
-	@echo "== done: open $(DEMO_RUNS)/demo_staria/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RUNS)/demo_baseline/stage-none/generated/$(GEN_NAME)/evaluation/report.html"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_baseline/stage-none/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
+	@echo "== done: open the two reports, $(DEMO_STARIA)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RUNS)/demo_baseline/stage-none/generated/$(GEN_NAME)/evaluation/report.html"
 
 bench: install ## run every benchmark, each printing ratios against a same-run baseline
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
@@ -95,5 +99,5 @@ slurm-up: ## install (apt) and start a local two-node SLURM cluster for the test
 slurm-down: ## stop exactly what slurm-up started
 	bash scripts/slurm/down.sh
 
-clean: ## remove caches and run outputs (not .venv)
+clean: ## remove tool caches and Hydra's default output folders (runs/, data_cache/ and .venv stay)
 	rm -rf .pytest_cache .ruff_cache outputs multirun
