@@ -27,6 +27,8 @@ def render_audio(
     """The first `seconds` of the MIDI file as float32 samples in [-1, 1].
 
     Notes starting after the cut are dropped before synthesis, so long pieces render fast.
+    pretty_midi's own normalisation is off: it divides by zero on silence, and the preview is
+    normalised once here, over the kept window only.
     """
     midi = pretty_midi.PrettyMIDI(str(midi_path))
     for instrument in midi.instruments:
@@ -34,14 +36,14 @@ def render_audio(
     audio = None
     if soundfont is not None:
         try:
-            audio = midi.fluidsynth(fs=sample_rate, synthesizer=str(soundfont))
+            audio = midi.fluidsynth(fs=sample_rate, synthesizer=str(soundfont), normalize=False)
         except (ImportError, ValueError) as error:
             warnings.warn(
                 f"fluidsynth with soundfont {soundfont} failed ({error}); using sine waves instead",
                 stacklevel=2,
             )
     if audio is None:
-        audio = midi.synthesize(fs=sample_rate)
+        audio = midi.synthesize(fs=sample_rate, normalize=False)
     audio = audio[: int(seconds * sample_rate)]
     peak = np.abs(audio).max(initial=0.0)
     return (audio / peak if peak > 0 else audio).astype(np.float32)

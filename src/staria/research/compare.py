@@ -215,7 +215,6 @@ def evaluate_model(
     table: TokenTable,
 ) -> ModelRow:
     samples = read_manifest(samples_dir / MANIFEST_FILE)
-    tokenizer = MusicTokenizerWithStyle()
     sequences, _ = held_out_sequences(run_dir)
     reference = [sectioned_notes(ids, table).notes for ids in sequences]
     structure = structure_metrics(samples, table, reference)
@@ -224,7 +223,7 @@ def evaluate_model(
         samples,
         "form",
         FORMS,
-        tokenizer.pad_id,
+        judge.pad_id,
         judge.hidden_ids,
         max_len=judge.max_len,
     )
