@@ -253,7 +253,21 @@ class MusicTokenizerWithStyle:
 
     def augment_pitch(self, tokens: list[Token], semitones: int) -> list[Token]:
         """Transpose pitched notes; notes pushed outside 0..127 are dropped with their timing."""
-        ids = np.asarray(self.encode(tokens), dtype=np.int64)
+        return self.decode(self.augment_pitch_ids(self._ids(tokens), semitones).tolist())
+
+    def augment_velocity(self, tokens: list[Token], steps: int) -> list[Token]:
+        """Move every pitched note's velocity by `steps` x 10, clamped to 10..120."""
+        return self.decode(self.augment_velocity_ids(self._ids(tokens), steps).tolist())
+
+    def augment_tempo(self, tokens: list[Token], factor: float) -> list[Token]:
+        """Stretch time by `factor` (> 1 is slower); onsets and durations re-snap, <T> recomputed.
+
+        The result is a plain piece (prefix, <S>, notes, <E>); section markers are not kept.
+        """
+        return self.decode(self.augment_tempo_ids(self._ids(tokens), factor).tolist())
+
+    def augment_pitch_ids(self, ids: np.ndarray, semitones: int) -> np.ndarray:
+        """`augment_pitch` on ids, for data loaders that never leave id space."""
         at, drum, _ = self._note_spans(ids)
         at = at[~drum]
         note_index = ids[at] - self._note_base
@@ -264,30 +278,30 @@ class MusicTokenizerWithStyle:
         keep = np.ones(len(ids), dtype=bool)
         for offset in range(3):
             keep[dropped + offset] = False
-        return self.decode(shifted[keep].tolist())
+        return shifted[keep]
 
-    def augment_velocity(self, tokens: list[Token], steps: int) -> list[Token]:
-        """Move every pitched note's velocity by `steps` x 10, clamped to 10..120."""
-        ids = np.asarray(self.encode(tokens), dtype=np.int64)
+    def augment_velocity_ids(self, ids: np.ndarray, steps: int) -> np.ndarray:
+        """`augment_velocity` on ids."""
         at, drum, _ = self._note_spans(ids)
         at = at[~drum]
         level = (ids[at] - self._note_base) % self._velocity_levels
         new_level = np.clip(level + steps, 1, self._velocity_levels - 1)
-        ids[at] += new_level - level
-        return self.decode(ids.tolist())
+        shifted = ids.copy()
+        shifted[at] += new_level - level
+        return shifted
 
-    def augment_tempo(self, tokens: list[Token], factor: float) -> list[Token]:
-        """Stretch time by `factor` (> 1 is slower); onsets and durations re-snap, <T> recomputed.
-
-        The result is a plain piece (prefix, <S>, notes, <E>); section markers are not kept.
-        """
-        notes = self.ids_to_notes(np.asarray(self.encode(tokens)))
+    def augment_tempo_ids(self, ids: np.ndarray, factor: float) -> np.ndarray:
+        """`augment_tempo` on ids: a plain piece (prefix, <S>, notes, <E> if `ids` had one)."""
+        notes = self.ids_to_notes(ids)
         duration = notes.end_ms - notes.start_ms
         start = np.rint(notes.start_ms * factor)
         stretched = NoteTable(
             notes.family, notes.pitch, notes.velocity, start, start + np.rint(duration * factor)
         )
-        return self.decode(self.notes_to_ids(stretched, add_eos_tok=END in tokens).tolist())
+        return self.notes_to_ids(stretched, add_eos_tok=bool((ids == self.eos_id).any()))
+
+    def _ids(self, tokens: list[Token]) -> np.ndarray:
+        return np.asarray(self.encode(tokens), dtype=np.int64)
 
 
 def notes_to_pretty_midi(notes: NoteTable) -> pretty_midi.PrettyMIDI:

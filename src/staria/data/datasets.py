@@ -47,17 +47,16 @@ class SnippetAugmenter:
 
     def __call__(self, snippet: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         tok = self.tokenizer
-        tokens = tok.decode(snippet[1:].tolist())
         shift = int(rng.integers(-self.max_pitch_shift, self.max_pitch_shift + 1))
-        tokens = tok.augment_pitch(tokens, shift)
+        ids = tok.augment_pitch_ids(snippet[1:].astype(np.int64), shift)
         steps = int(rng.integers(-self.max_velocity_steps, self.max_velocity_steps + 1))
-        tokens = tok.augment_velocity(tokens, steps)
-        ids = np.asarray(tok.encode(tokens), dtype=np.int64)
-        if len(tok.ids_to_notes(ids)) == 0:
+        ids = tok.augment_velocity_ids(ids, steps)
+        notes = tok.ids_to_notes(ids)
+        if len(notes) == 0:
             return np.concatenate([snippet[:1], ids])
         factor = float(rng.uniform(1 - self.max_tempo_change, 1 + self.max_tempo_change))
         # The stretch rebuilds a whole piece (prefix, <S>, notes); keep only the notes.
-        stretched = np.asarray(tok.encode(tok.augment_tempo(tokens, factor)), dtype=np.int64)
+        stretched = tok.augment_tempo_ids(ids, factor)
         body = stretched[int(np.flatnonzero(stretched == tok.bos_id)[0]) + 1 :]
         return np.concatenate([snippet[:1], body])
 
