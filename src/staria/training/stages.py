@@ -133,8 +133,11 @@ class StageSchedule:
             return 0
         if self.name == "C":
             return num_blocks
-        steps_done = 1 + global_step // self.unfreeze_every_n_steps
-        return min(num_blocks, self.unfreeze_top_k * steps_done)
+        return min(num_blocks, self.unfreeze_top_k * (1 + self.phase(global_step)))
+
+    def phase(self, global_step: int) -> int:
+        """Changes exactly when the trainable parameters may: at stage B's unfreezing steps."""
+        return global_step // self.unfreeze_every_n_steps if self.name == "B" else 0
 
     def trainable_parameters(self, model: StariaModel, global_step: int) -> list[nn.Parameter]:
         if self.name == "C":

@@ -85,6 +85,7 @@ class TrainingTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.stage_schedule = build_stage_schedule(stage)
+        self._stage_phase: int | None = None
         self._step_started: float | None = None
         self._compiled = False
 
@@ -123,12 +124,17 @@ class TrainingTask(pl.LightningModule):
         """Freeze/unfreeze for this step; a function of `global_step`, so resume restores it."""
         if self.stage_schedule is not None:
             self.stage_schedule.apply(self.net, self.global_step)
+            self._stage_phase = self.stage_schedule.phase(self.global_step)
 
     def on_fit_start(self) -> None:
         self.apply_stage()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self.apply_stage()
+        """Re-apply only when the schedule moves on; a resume restores `global_step` after
+        `on_fit_start`, so its first batch re-applies too."""
+        schedule = self.stage_schedule
+        if schedule is not None and schedule.phase(self.global_step) != self._stage_phase:
+            self.apply_stage()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         result = self.step_loss(batch)
