@@ -38,7 +38,7 @@ from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
 from staria.evaluation.report import log_to_wandb, render_samples, write_report
 from staria.evaluation.samples import GeneratedSample, read_manifest
 from staria.evaluation.structure_metrics import structure_metrics
-from staria.generation.checkpoint import load_checkpoint
+from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
 from staria.generation.manifest import MANIFEST_FILE
 from staria.midi_io import NoteTable
 from staria.models import SequenceClassifier
@@ -97,6 +97,11 @@ def head_logits(
     return getattr(net(tokens, mask), task)[:, :num_classes]
 
 
+def classifier_input_len(loaded: LoadedCheckpoint) -> int:
+    """Longest input a classifier run scores: what its data fed it, within its encoder's reach."""
+    return min(int(loaded.data_settings.max_seq_len), loaded.net.encoder.net.max_seq_len)
+
+
 def classifier_scores(
     checkpoint: str | Path,
     samples: Sequence[GeneratedSample],
@@ -114,7 +119,7 @@ def classifier_scores(
         )
     data = loaded.data_settings
     class_names = {"form": FORMS, "style": STYLE_VOCABULARIES[data.style_key]}
-    max_len = min(int(data.max_seq_len), net.encoder.net.max_seq_len)
+    max_len = classifier_input_len(loaded)
     hidden = table.ids_of(TokenKind.FORM, TokenKind.SECTION)
     metrics: dict[str, Any] = {}
     figures: dict[str, bytes] = {}

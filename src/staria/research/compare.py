@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from staria.data.preprocess import CachedSplit, find_index
 from staria.evaluation.classifier_metrics import classify_samples, predict_classes
+from staria.evaluation.cli import classifier_input_len
 from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.evaluation.structure_metrics import section_similarities, structure_metrics
@@ -112,7 +113,7 @@ class FormJudge:
     def __init__(self, checkpoint: Path, table: TokenTable, pad_id: int) -> None:
         loaded = load_checkpoint(checkpoint, "cpu")
         self.net = loaded.net
-        self.max_len = int(loaded.data_settings.max_seq_len)
+        self.max_len = classifier_input_len(loaded)
         self.hidden_ids = table.ids_of(TokenKind.FORM, TokenKind.SECTION)
         self.pad_id = pad_id
 
