@@ -1,13 +1,22 @@
 """Standard MIDI File bytes -> flat event arrays, compiled with numba.
 
-The reader accepts and refuses exactly what mido (the reader behind Aria's tokenizer) does,
-and keeps what Aria's tokenization depends on that compiled libraries such as symusic drop:
-every track (also those without notes), each event's channel, and each event's position in
-its track. Only the events Aria uses are kept: notes, sustain pedal, program changes, tempo.
+The reader accepts and refuses what mido (the reader behind Aria's tokenizer) does, payload
+checks of meta and sysex events included, and keeps what Aria's tokenization depends on that
+compiled libraries such as symusic drop: every track (also those without notes), each event's
+channel, and each event's position in its track. Only the events Aria uses are kept: notes,
+sustain pedal, program changes, tempo.
+
+It is stricter than mido in two documented ways, both files mido reads but Aria cannot use:
+a variable-length quantity longer than 4 bytes (the SMF limit; mido reads any length, and a
+9-byte delta time makes Aria allocate hundreds of TiB), and an SMPTE or zero time division.
+Every length read from the bytes is checked against the bytes that remain before it is used,
+so whatever the input, `read_events` returns or raises `MidiFormatError` in time and memory
+linear in the file's size.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -18,10 +27,13 @@ NOTE_ON, NOTE_OFF, PEDAL, PROGRAM = 0, 1, 2, 3  # `MidiEvents.kind`
 SUSTAIN_PEDAL_CC = 64
 TEMPO_META = 0x51
 MAX_MESSAGE_LENGTH = 1_000_000  # mido refuses longer meta and sysex messages
+MAX_VLQ_BYTES = 4  # the SMF limit: values up to 2**28 - 1
+MAX_VLQ_VALUE = (1 << (7 * MAX_VLQ_BYTES)) - 1
 
 # Error codes the compiled reader returns; `read_events` turns them into messages.
 OK, EOF, NO_HEADER, NO_TRACK_HEADER, NO_RUNNING_STATUS = 0, 1, 2, 3, 4
 UNDEFINED_STATUS, DATA_BYTE, TOO_LONG, BAD_META, TRACK_OVERRUN, BAD_DIVISION = 5, 6, 7, 8, 9, 10
+LONG_QUANTITY, SYSEX_DATA_BYTE = 11, 12
 REASONS = {
     EOF: "file ends inside {where}",
     NO_HEADER: "no MThd header: not a MIDI file",
@@ -33,7 +45,15 @@ REASONS = {
     BAD_META: "malformed meta message of type 0x{value:02x} in {where}",
     TRACK_OVERRUN: "{where} runs past its declared length",
     BAD_DIVISION: "unsupported time division {value} (SMPTE or zero)",
+    LONG_QUANTITY: f"variable-length quantity longer than {MAX_VLQ_BYTES} bytes in {{where}}",
+    SYSEX_DATA_BYTE: "sysex data byte {value} out of range 0..127 in {where}",
 }
+
+# mido decodes a time signature's denominator as 2**byte and refuses it unless
+# math.log(denominator, 2) is an integer in floating point, which fails for 51 of 256 bytes.
+_DENOMINATOR_EXPONENT_OK = np.array(
+    [math.log(2**exponent, 2) == int(math.log(2**exponent, 2)) for exponent in range(256)]
+)
 
 # Bytes of a channel or system message including its status byte, by status; 0 = undefined.
 _MESSAGE_LENGTH = np.zeros(256, dtype=np.int64)
@@ -74,25 +94,28 @@ class MidiEvents:
 
 @njit(cache=True)
 def _read_vlq(data, pos):
-    """(value, next position), or (-1, -1) if the file ends inside the number."""
-    value = 0
-    while True:
+    """(error, value, next position): error is OK, EOF if the file ends inside the number, or
+    LONG_QUANTITY past `MAX_VLQ_BYTES` bytes, so the value always fits in 28 bits."""
+    value = np.int64(0)
+    for _ in range(MAX_VLQ_BYTES):
         if pos >= len(data):
-            return -1, -1
-        byte = data[pos]
+            return EOF, 0, pos
+        byte = np.int64(data[pos])
         pos += 1
         value = (value << 7) | (byte & 0x7F)
         if byte < 0x80:
-            return value, pos
+            return OK, value, pos
+    return LONG_QUANTITY, 0, pos
 
 
 @njit(cache=True)
 def _read_body_length(data, pos):
     """(error, length, body start) of a meta or sysex body whose VLQ length is at `pos`; error is
-    OK, EOF if the body runs past the file, or TOO_LONG (with the length) past mido's limit."""
-    length, pos = _read_vlq(data, pos)
-    if pos < 0:
-        return EOF, 0, pos
+    OK, EOF if the body runs past the file, LONG_QUANTITY, or TOO_LONG (with the length) past
+    mido's limit."""
+    error, length, pos = _read_vlq(data, pos)
+    if error != OK:
+        return error, 0, pos
     if length > MAX_MESSAGE_LENGTH:
         return TOO_LONG, length, pos
     if pos + length > len(data):
@@ -119,7 +142,7 @@ def _meta_is_valid(meta_type, data, start, length):
             and data[start + 4] <= 99
         )
     if meta_type == 0x58:
-        return length >= 4
+        return length >= 4 and _DENOMINATOR_EXPONENT_OK[data[start + 1]]
     if meta_type == 0x59:
         if length < 2:
             return False
@@ -127,6 +150,21 @@ def _meta_is_valid(meta_type, data, start, length):
         key = key - 256 if key > 127 else key
         return -7 <= key <= 7 and data[start + 1] <= 1
     return True
+
+
+@njit(cache=True)
+def _sysex_data_error(data, start, length):
+    """The first byte above 127 in a sysex body, without its leading F0 and trailing F7 (mido
+    strips those, then refuses any other byte above 127), or -1."""
+    end = start + length
+    if length > 0 and data[start] == 0xF0:
+        start += 1
+    if end > start and data[end - 1] == 0xF7:
+        end -= 1
+    for i in range(start, end):
+        if data[i] > 127:
+            return np.int64(data[i])
+    return -1
 
 
 @njit(cache=True)
@@ -181,8 +219,10 @@ def _read(data, message_length, events, tempos, counters):
         while pos != end:
             if pos > end:
                 return TRACK_OVERRUN, 0, track, division
-            delta, pos = _read_vlq(data, pos)
-            if pos < 0 or pos >= n:
+            error, delta, pos = _read_vlq(data, pos)
+            if error != OK:
+                return error, 0, track, division
+            if pos >= n:
                 return EOF, 0, track, division
             now += delta
             status = np.int64(data[pos])
@@ -218,6 +258,9 @@ def _read(data, message_length, events, tempos, counters):
                 error, length, pos = _read_body_length(data, pos)
                 if error != OK:
                     return error, length, track, division
+                bad_byte = _sysex_data_error(data, pos, length)
+                if bad_byte >= 0:
+                    return SYSEX_DATA_BYTE, bad_byte, track, division
                 pos += length
             else:
                 length = message_length[status]
@@ -273,16 +316,34 @@ def read_events(data: bytes) -> MidiEvents:
     return MidiEvents(int(division), *events.T, *tempos.T)
 
 
+_FILLER = np.array([0xFF, 0x01, 0x00], dtype=np.uint8)  # an empty text meta event
+
+
 @njit(cache=True)
 def _track_body(tick, status, data1, data2, message_length):
-    """MTrk payload: each event as VLQ delta + message (no running status), then end of track."""
-    out = np.empty(len(tick) * 7 + 4, dtype=np.uint8)
+    """MTrk payload: each event as VLQ delta + message (no running status), then end of track.
+
+    A delta above `MAX_VLQ_VALUE` is split: empty text meta events carry the excess, so every
+    quantity fits in `MAX_VLQ_BYTES` bytes and readers see the same absolute ticks.
+    """
+    fillers = 0
+    previous = 0
+    for i in range(len(tick)):
+        fillers += max(tick[i] - previous - 1, 0) // MAX_VLQ_VALUE
+        previous = tick[i]
+    out = np.empty(len(tick) * 8 + fillers * 7 + 4, dtype=np.uint8)
     pos = 0
     previous = 0
     for i in range(len(tick)):
         delta = tick[i] - previous
         previous = tick[i]
-        shift = 21
+        while delta > MAX_VLQ_VALUE:
+            out[pos : pos + 4] = 0xFF
+            out[pos + 3] = 0x7F
+            out[pos + 4 : pos + 7] = _FILLER
+            pos += 7
+            delta -= MAX_VLQ_VALUE
+        shift = 7 * (MAX_VLQ_BYTES - 1)
         while shift > 0 and delta >> shift == 0:
             shift -= 7
         while shift > 0:
@@ -301,19 +362,33 @@ def _track_body(tick, status, data1, data2, message_length):
 def write_events(ticks_per_beat: int, tempo_us: int, tracks: list[tuple[np.ndarray, ...]]) -> bytes:
     """A type-1 MIDI file: a tempo track, then one track per (tick, status, data1, data2) tuple.
 
-    Events must be sorted by tick; ticks must stay below 2**28 (the largest 4-byte delta).
+    Ticks must be non-negative and sorted within a track (any size: long gaps are split),
+    statuses channel messages (0x80..0xEF), data bytes 0..127; `ValueError` names what does
+    not fit its field, so nothing is written that a reader would decode differently.
     """
+    if not 0 < ticks_per_beat <= 0x7FFF or not 0 <= tempo_us <= 0xFFFFFF:
+        raise ValueError(f"ticks_per_beat {ticks_per_beat} or tempo {tempo_us} µs does not fit")
     tempo = tempo_us.to_bytes(3, "big")
     chunks = [b"\x00\xff\x51\x03" + tempo + b"\x00\xff\x2f\x00"]
-    for tick, status, data1, data2 in tracks:
-        chunks.append(
-            _track_body(
-                np.asarray(tick, np.int64),
-                np.asarray(status, np.uint8),
-                np.asarray(data1, np.uint8),
-                np.asarray(data2, np.uint8),
-                _MESSAGE_LENGTH,
-            ).tobytes()
+    for number, (tick, status, data1, data2) in enumerate(tracks, start=1):
+        tick, status = np.asarray(tick, np.int64), np.asarray(status, np.int64)
+        data1, data2 = np.asarray(data1, np.int64), np.asarray(data2, np.int64)
+        if len(tick) and (tick[0] < 0 or np.any(np.diff(tick) < 0)):
+            raise ValueError(f"track {number}: ticks must be non-negative and sorted")
+        if np.any((status < 0x80) | (status > 0xEF)):
+            raise ValueError(f"track {number}: a status outside the channel messages 0x80..0xEF")
+        for name, values in (("data1", data1), ("data2", data2)):
+            if np.any((values < 0) | (values > 127)):
+                raise ValueError(f"track {number}: a {name} byte outside 0..127")
+        body = _track_body(
+            tick,
+            status.astype(np.uint8),
+            data1.astype(np.uint8),
+            data2.astype(np.uint8),
+            _MESSAGE_LENGTH,
         )
+        chunks.append(body.tobytes())
+    if len(chunks) > 0x7FFF:
+        raise ValueError(f"{len(chunks)} tracks do not fit a MIDI header")
     header = b"MThd" + (6).to_bytes(4, "big") + struct.pack(">hhh", 1, len(chunks), ticks_per_beat)
     return header + b"".join(b"MTrk" + len(c).to_bytes(4, "big") + c for c in chunks)

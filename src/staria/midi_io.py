@@ -8,6 +8,7 @@ the sustain pedal is per channel across tracks, and times come from Aria's own t
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,12 @@ class NoteTable:
     def __len__(self) -> int:
         return len(self.pitch)
 
+    def select(self, notes: slice | np.ndarray) -> NoteTable:
+        """The same table holding only `notes` (a slice, mask or indices, in start order)."""
+        per_note = {f.name: getattr(self, f.name)[notes] for f in dataclasses.fields(self)}
+        per_note.pop("prefix_families", None)  # a property of the piece, not of a note
+        return dataclasses.replace(self, **per_note)
+
 
 def source_name(midi: MidiSource) -> str:
     """How error messages name an input that may not have a path."""
@@ -142,6 +149,8 @@ def _pair_notes(tick, track, kind, channel, key, value):
 
     Within one track, a note-off closes every open note of its (channel, pitch) that started
     at an earlier tick; notes started at the very tick stay open only if older ones closed.
+    Ticks never decrease within a track, so those same-tick notes are the tail of the slot's
+    list: a note-off walks only the notes it closes, and pairing is linear in the events.
     """
     head = np.full(16 * 128, -1, dtype=np.int64)
     tail = np.full(16 * 128, -1, dtype=np.int64)
@@ -164,41 +173,28 @@ def _pair_notes(tick, track, kind, channel, key, value):
                 after[tail[slot]] = i
             tail[slot] = i
         elif head[slot] >= 0:
-            closed = False
-            kept_head, kept_tail = -1, -1
             j = head[slot]
-            while j >= 0:
-                following = after[j]
-                if tick[j] != tick[i]:
-                    notes[count, 0] = key[i]
-                    notes[count, 1] = channel[i]
-                    notes[count, 2] = tick[j]
-                    notes[count, 3] = tick[i]
-                    notes[count, 4] = value[j]
-                    count += 1
-                    closed = True
-                else:
-                    after[j] = -1
-                    if kept_head < 0:
-                        kept_head = j
-                    else:
-                        after[kept_tail] = j
-                    kept_tail = j
-                j = following
-            head[slot] = kept_head if closed else -1
-            tail[slot] = kept_tail
+            while j >= 0 and tick[j] != tick[i]:
+                notes[count, 0] = key[i]
+                notes[count, 1] = channel[i]
+                notes[count, 2] = tick[j]
+                notes[count, 3] = tick[i]
+                notes[count, 4] = value[j]
+                count += 1
+                j = after[j]
+            closed = j != head[slot]
+            head[slot] = j if closed else -1
     return notes[:count]
 
 
 @njit(cache=True)
-def _sustained_ends(channel, end, pedal_tick, pedal_channel, pedal_down, final_tick):
-    """Note ends moved to the pedal release when released strictly inside a pedal interval.
+def _pedal_intervals(pedal_tick, pedal_channel, pedal_down, final_tick, starts, ends, fill):
+    """Write each channel's pedal intervals at `fill[channel]` onwards, in tick order.
 
     Per channel an interval opens at the first down while up and closes at the next up; one
-    still open at the end closes at `final_tick`. Drum channel notes are never held.
+    still open at the end closes at `final_tick`. Returns the intervals per channel; with
+    zero-length buffers it only counts.
     """
-    interval_start = np.empty((16, len(pedal_tick) + 1), dtype=np.int64)
-    interval_end = np.empty((16, len(pedal_tick) + 1), dtype=np.int64)
     count = np.zeros(16, dtype=np.int64)
     open_at = np.full(16, -1, dtype=np.int64)
     for i in range(len(pedal_tick)):
@@ -206,35 +202,95 @@ def _sustained_ends(channel, end, pedal_tick, pedal_channel, pedal_down, final_t
         if pedal_down[i] and open_at[c] < 0:
             open_at[c] = pedal_tick[i]
         elif not pedal_down[i] and open_at[c] >= 0:
-            interval_start[c, count[c]] = open_at[c]
-            interval_end[c, count[c]] = pedal_tick[i]
+            if len(starts):
+                starts[fill[c] + count[c]] = open_at[c]
+                ends[fill[c] + count[c]] = pedal_tick[i]
             count[c] += 1
             open_at[c] = -1
     for c in range(16):
         if open_at[c] >= 0:
-            interval_start[c, count[c]] = open_at[c]
-            interval_end[c, count[c]] = final_tick
+            if len(starts):
+                starts[fill[c] + count[c]] = open_at[c]
+                ends[fill[c] + count[c]] = final_tick
             count[c] += 1
+    return count
+
+
+@njit(cache=True)
+def _sustained_ends(channel, end, pedal_tick, pedal_channel, pedal_down, final_tick):
+    """Note ends moved to the pedal release when released strictly inside a pedal interval.
+
+    Intervals are kept per channel in one flat array (memory linear in pedal events); drum
+    channel notes are never held.
+    """
+    none = np.empty(0, dtype=np.int64)
+    count = _pedal_intervals(
+        pedal_tick, pedal_channel, pedal_down, final_tick, none, none, np.zeros(16, np.int64)
+    )
+    offset = np.zeros(17, dtype=np.int64)
+    offset[1:] = np.cumsum(count)
+    starts = np.empty(offset[16], dtype=np.int64)
+    ends = np.empty(offset[16], dtype=np.int64)
+    _pedal_intervals(pedal_tick, pedal_channel, pedal_down, final_tick, starts, ends, offset)
     held = end.copy()
     for i in range(len(end)):
         c = channel[i]
         if c == DRUM_CHANNEL or count[c] == 0:
             continue
         # Intervals are disjoint and in order: only the last one starting before the end can hold.
-        k = np.searchsorted(interval_start[c, : count[c]], end[i]) - 1
-        if k >= 0 and end[i] < interval_end[c, k]:
-            held[i] = interval_end[c, k]
+        k = offset[c] + np.searchsorted(starts[offset[c] : offset[c + 1]], end[i]) - 1
+        if k >= offset[c] and end[i] < ends[k]:
+            held[i] = ends[k]
     return held
 
 
 @njit(cache=True)
-def _aria_ms(start, end, tempo_tick, tempo, ticks_per_beat):
-    """Aria's rounded ms between tick pairs, with its float arithmetic and its tempo quirk.
+def _aria_onsets_ms(first_start, start, tempo_tick, tempo, ticks_per_beat):
+    """Aria's rounded ms from `first_start` to each of `start`, bit for bit, in linear time.
 
-    The sum starts at the tempo change before the one at or after `start` (the second-to-last
-    when `start` is past them all), so spans past the last change mix in the tempo before it.
+    Aria sums tick spans segment by segment, starting at the tempo change before the one at or
+    after `first_start` (the second-to-last when it is past them all, so spans past the last
+    change mix in the tempo before it). All spans share that start, so the running sum of
+    whole segments is one prefix array, accumulated in Aria's order: the same floats.
     """
     last = len(tempo_tick) - 1
+    first = min(np.searchsorted(tempo_tick, first_start), last)
+    first = first - 1 if first > 0 else 0
+    scale = tempo * 1e-6 / ticks_per_beat
+    prefix = np.zeros(last + 1, dtype=np.float64)
+    now = first_start
+    for k in range(first, last):
+        prefix[k + 1] = prefix[k] + (tempo_tick[k + 1] - now) * scale[k]
+        now = tempo_tick[k + 1]
+    out = np.empty(len(start), dtype=np.int64)
+    for i in range(len(start)):
+        e = start[i]
+        segment = max(first, min(last, np.searchsorted(tempo_tick, e, side="right") - 1))
+        segment_start = first_start if segment == first else tempo_tick[segment]
+        seconds = prefix[segment]
+        if segment < last or e > tempo_tick[last]:
+            seconds += (e - segment_start) * scale[segment]
+        out[i] = np.int64(np.rint(seconds * 1e3))
+    return out
+
+
+EXACT_SPAN_SEGMENTS = 64  # tempo segments a note's duration is summed over one by one, as Aria does
+
+
+@njit(cache=True)
+def _aria_spans_ms(start, end, tempo_tick, tempo, ticks_per_beat):
+    """Aria's rounded ms between tick pairs, with its float arithmetic and its tempo quirk.
+
+    The sum starts at the tempo change before the one at or after `start`. The first
+    `EXACT_SPAN_SEGMENTS` segments are summed one by one as Aria does; a span crossing more
+    (only built files have such) takes the rest from a prefix sum, which keeps the cost linear
+    whatever the tempo map and may differ from Aria's float rounding in the last bit.
+    """
+    last = len(tempo_tick) - 1
+    scale = tempo * 1e-6 / ticks_per_beat
+    whole = np.zeros(last + 1, dtype=np.float64)  # seconds from tempo_tick[0] to tempo_tick[k]
+    for k in range(last):
+        whole[k + 1] = whole[k] + (tempo_tick[k + 1] - tempo_tick[k]) * scale[k]
     out = np.empty(len(start), dtype=np.int64)
     for i in range(len(start)):
         s, e = start[i], end[i]
@@ -242,15 +298,18 @@ def _aria_ms(start, end, tempo_tick, tempo, ticks_per_beat):
         first = first - 1 if first > 0 else 0
         seconds = 0.0
         now = s
-        for k in range(first, last):
-            scale = tempo[k] * 1e-6 / ticks_per_beat
-            if e < tempo_tick[k + 1]:
-                seconds += (e - now) * scale
-                break
-            seconds += (tempo_tick[k + 1] - now) * scale
+        k = first
+        while k < last and k < first + EXACT_SPAN_SEGMENTS and e >= tempo_tick[k + 1]:
+            seconds += (tempo_tick[k + 1] - now) * scale[k]
             now = tempo_tick[k + 1]
-        if e > tempo_tick[last]:
-            seconds += (e - now) * (tempo[last] * 1e-6 / ticks_per_beat)
+            k += 1
+        if k < last and e >= tempo_tick[k + 1]:
+            segment = min(last, np.searchsorted(tempo_tick, e, side="right") - 1)
+            seconds += whole[segment] - whole[k]
+            now = tempo_tick[segment]
+            k = segment
+        if k < last or e > tempo_tick[last]:
+            seconds += (e - now) * scale[k]
         out[i] = np.int64(np.rint(seconds * 1e3))
     return out
 
@@ -301,6 +360,8 @@ def read_notes(midi: MidiSource) -> AriaNotes:
     channel_family[DRUM_CHANNEL] = DRUM_FAMILY_INDEX
     family = channel_family[note_channel]
     prefix_families = np.union1d(family, channel_family[program_channel[kept]])
+    if len(program_channel) == 0:  # Aria gives a file without program changes piano on channel 0
+        prefix_families = np.union1d(prefix_families, [FAMILIES.index("piano")])
     pedals = _by_tick(events, (events.kind == PEDAL) & ~dropped[events.channel])
     end = _sustained_ends(
         note_channel, end, pedals.tick, pedals.channel, pedals.value >= PEDAL_DOWN, end[-1]
@@ -316,8 +377,8 @@ def read_notes(midi: MidiSource) -> AriaNotes:
         velocity=velocity,
         start_ms=ticks_to_ms(start, tempo_tick, tempo, tpq),
         end_ms=ticks_to_ms(end, tempo_tick, tempo, tpq),
-        onset_ms=_aria_ms(np.full_like(start, start[0]), start, tempo_tick, tempo, tpq),
-        duration_ms=_aria_ms(start, end, tempo_tick, tempo, tpq),
+        onset_ms=_aria_onsets_ms(start[0], start, tempo_tick, tempo, tpq),
+        duration_ms=_aria_spans_ms(start, end, tempo_tick, tempo, tpq),
         prefix_families=prefix_families,
     )
 

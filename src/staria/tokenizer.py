@@ -7,6 +7,7 @@ Tokenization works on whole arrays of notes (see `staria.midi_io`), never note b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,12 @@ from staria.midi_io import (
     NoteTable,
     notes_to_midi_bytes,
     read_notes,
+    source_name,
 )
 
 Token = str | tuple
 
-__all__ = ["MidiReadError", "MusicTokenizerWithStyle", "Token"]
+__all__ = ["MidiReadError", "MusicTokenizerWithStyle", "PieceLimits", "Token"]
 
 START, END, PAD, UNKNOWN, DIM, TIME = "<S>", "<E>", "<P>", "<U>", "<D>", "<T>"
 SPECIAL_TOKENS = (START, END, PAD, UNKNOWN, DIM, TIME)
@@ -50,6 +52,25 @@ MAX_VELOCITY = 120
 DRUM_PITCHES = range(35, 82)
 DIM_TOKEN_OFFSET = 100
 DRUM_NOTE_MS = 100  # drum tokens carry no duration; hits are written this long
+
+
+@dataclass(frozen=True)
+class PieceLimits:
+    """Bounds on one tokenized piece, checked before its token array is allocated.
+
+    The longest real piece of the shared test set (Maestro) lasts 39 min and gives 61,682
+    tokens; the defaults are about 6x and 16x that. A piece over a bound raises
+    `MidiReadError`, or with `crop` keeps its notes up to the bound (`fit_to_limits` says what
+    was cut). `max_duration_s` counts from the first note's onset to the last one's.
+    """
+
+    max_duration_s: float = 4 * 3600.0
+    max_tokens: int = 1_000_000
+    crop: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.max_duration_s > 0 and self.max_tokens > 0):
+            raise ValueError(f"piece limits must be positive, got {self}")
 
 
 def build_vocabulary() -> tuple[Token, ...]:
@@ -100,7 +121,8 @@ def nearest_on_grid_table(max_value: int, grid: range) -> np.ndarray:
 class MusicTokenizerWithStyle:
     """Aria's absolute-time MIDI tokenizer with Staria's section, prompt and form tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: PieceLimits = PieceLimits()) -> None:
+        self.limits = limits
         self.vocab: tuple[Token, ...] = build_vocabulary()
         self.token_to_id: dict[Token, int] = {token: i for i, token in enumerate(self.vocab)}
         self.pad_id = self.token_to_id[PAD]
@@ -156,25 +178,53 @@ class MusicTokenizerWithStyle:
     def tokenize_ids(
         self, midi: MidiSource, add_dim_tok: bool = False, add_eos_tok: bool = True
     ) -> np.ndarray:
-        """`encode(tokenize(midi))` as an array, without per-note Python work (bulk path)."""
-        return self.notes_to_ids(read_notes(midi), add_dim_tok=add_dim_tok, add_eos_tok=add_eos_tok)
+        """`encode(tokenize(midi))` as an array, without per-note Python work (bulk path).
+
+        A piece over `self.limits` raises `MidiReadError`, or is cropped to them.
+        """
+        notes, _ = self.fit_to_limits(read_notes(midi), source_name(midi))
+        return self.notes_to_ids(notes, add_dim_tok=add_dim_tok, add_eos_tok=add_eos_tok)
+
+    def fit_to_limits(self, notes: NoteTable, name: str) -> tuple[NoteTable, str | None]:
+        """`notes` within `self.limits` and, if some were cropped, what was cut.
+
+        Costs one pass over the notes; `MidiReadError` (naming `name`) when over a limit
+        without `crop`, so nothing the size of an oversized piece is ever allocated.
+        """
+        onset_abs, _ = self._onsets_and_durations(notes)
+        max_ms = self.limits.max_duration_s * 1000
+        # Tokens up to and including each note: prefix, <S>, notes with their <T>s, <E>, <D>.
+        fixed = len(self._prefix_families(notes)) + 3
+        tokens_through = fixed + np.cumsum(self._note_token_lengths(notes, onset_abs))
+        fits = (onset_abs - onset_abs[0] <= max_ms) & (tokens_through <= self.limits.max_tokens)
+        if fits.all():
+            return notes, None
+        kept = int(np.argmin(fits))  # notes are in onset order: the first misfit ends the piece
+        over = (
+            f"{(onset_abs[-1] - onset_abs[0]) / 1000:.0f} s"
+            if onset_abs[-1] - onset_abs[0] > max_ms
+            else f"{tokens_through[-1]} tokens"
+        )
+        limits = (
+            f"max_duration_s={self.limits.max_duration_s:g}, max_tokens={self.limits.max_tokens}"
+        )
+        if not self.limits.crop or kept == 0:
+            raise MidiReadError(name, f"piece of {over} exceeds the limits ({limits})")
+        return notes.select(
+            slice(0, kept)
+        ), f"cropped to {kept} of {len(notes)} notes: {over} over {limits}"
 
     def notes_to_ids(
         self, notes: NoteTable, add_dim_tok: bool = False, add_eos_tok: bool = True
     ) -> np.ndarray:
-        """Token ids of a note table; `AriaNotes` carry Aria's exact times and instruments."""
-        if isinstance(notes, AriaNotes):
-            onset_abs, raw_duration = notes.onset_ms, notes.duration_ms
-            families = notes.prefix_families
-        else:
-            onset_abs = np.rint(notes.start_ms - notes.start_ms[0]).astype(np.int64)
-            raw_duration = np.rint(notes.end_ms - notes.start_ms).astype(np.int64)
-            families = np.unique(notes.family)
+        """Token ids of a note table; `AriaNotes` carry Aria's exact times and instruments.
+
+        Does not apply `self.limits`: callers with untrusted input go through `fit_to_limits`.
+        """
+        onset_abs, raw_duration = self._onsets_and_durations(notes)
+        families = self._prefix_families(notes)
         duration = self._dur_table[np.clip(raw_duration, 0, MAX_DUR_MS)]
-        # Floor division and modulo as in Python: an onset before the first note (possible
-        # with Aria's clock) sits in segment -1 and adds no <T>.
-        onset = self._onset_table[onset_abs % SEGMENT_MS]
-        segment = onset_abs // SEGMENT_MS
+        onset = self._onset_table[onset_abs % SEGMENT_MS]  # Python modulo: see _note_token_lengths
         velocity = self._velocity_table[notes.velocity]
         is_drum = notes.family == DRUM_FAMILY_INDEX
         known_drum = (notes.pitch >= DRUM_PITCHES[0]) & (notes.pitch <= DRUM_PITCHES[-1])
@@ -185,10 +235,8 @@ class MusicTokenizerWithStyle:
             + (notes.family * 128 + notes.pitch) * self._velocity_levels
             + velocity // VELOCITY_STEP,
         )
-        time_tokens = np.maximum(np.diff(segment, prepend=0), 0)
         note_len = np.where(is_drum, 2, 3)
-        lengths = time_tokens + note_len
-        ends = np.cumsum(lengths)
+        ends = np.cumsum(self._note_token_lengths(notes, onset_abs))
         note_at = ends - note_len
         body = np.full(ends[-1], self.time_id, dtype=np.int64)
         body[note_at] = note_ids
@@ -203,6 +251,28 @@ class MusicTokenizerWithStyle:
                 body = np.insert(body, boundary[-1], self.dim_id)
         tail = [self.eos_id] if add_eos_tok else []
         return np.concatenate([prefix, [self.bos_id], body, tail]).astype(np.int64)
+
+    @staticmethod
+    def _onsets_and_durations(notes: NoteTable) -> tuple[np.ndarray, np.ndarray]:
+        """Integer ms onsets (from the first note) and durations the tokens are made from."""
+        if isinstance(notes, AriaNotes):
+            return notes.onset_ms, notes.duration_ms
+        onset_abs = np.rint(notes.start_ms - notes.start_ms[0]).astype(np.int64)
+        return onset_abs, np.rint(notes.end_ms - notes.start_ms).astype(np.int64)
+
+    @staticmethod
+    def _prefix_families(notes: NoteTable) -> np.ndarray:
+        if isinstance(notes, AriaNotes):
+            return notes.prefix_families
+        return np.unique(notes.family)
+
+    @staticmethod
+    def _note_token_lengths(notes: NoteTable, onset_abs: np.ndarray) -> np.ndarray:
+        """Tokens each note adds: its <T>s since the previous note, then 3 (2 for drums)."""
+        # Floor division as in Python: an onset before the first note (possible with Aria's
+        # clock) sits in segment -1 and adds no <T>.
+        time_tokens = np.maximum(np.diff(onset_abs // SEGMENT_MS, prepend=0), 0)
+        return time_tokens + np.where(notes.family == DRUM_FAMILY_INDEX, 2, 3)
 
     def _note_spans(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positions of well-formed notes in `ids`, whether each is a drum, and its onset in ms."""
