@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
 
+from staria.data.isolation import WorkerLimits
 from staria.data.preprocess import (
+    IndexResult,
     IndexSettings,
     build_index,
     iter_legacy_path_list,
@@ -49,6 +53,23 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--test-fraction", type=float, default=0.05)
         command.add_argument("--no-labels", action="store_true", help="ignore <name>.json labels")
         command.add_argument(
+            "--max-duration-s",
+            type=float,
+            default=IndexSettings.max_duration_s,
+            help="longest piece, first to last onset (default: 4 h); longer ones are skipped",
+        )
+        command.add_argument(
+            "--max-tokens",
+            type=int,
+            default=IndexSettings.max_tokens,
+            help="most tokens of one piece (default: 1,000,000); longer ones are skipped",
+        )
+        command.add_argument(
+            "--crop",
+            action="store_true",
+            help="crop a piece over a limit to the notes that fit instead of skipping it",
+        )
+        command.add_argument(
             "--legacy-pickle-list",
             type=Path,
             help="also index the paths of an original-project .pkl path list",
@@ -61,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "index":
             command.add_argument("--workers", type=int, default=None, help="default: all cores")
             command.add_argument("--chunk-size", type=int, default=64)
+            command.add_argument(
+                "--file-timeout-s",
+                type=float,
+                default=WorkerLimits.timeout_s,
+                help="a file still being read after this long is skipped (default: 300)",
+            )
+            command.add_argument(
+                "--file-memory-mib",
+                type=int,
+                default=WorkerLimits.memory_mib,
+                help="memory one file may take in its worker, MiB (default: 8192)",
+            )
             command.add_argument("--shard-index", type=int, default=0)
             command.add_argument("--num-shards", type=int, default=1)
             command.add_argument(
@@ -94,7 +127,18 @@ def _sources(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    console = Console()
+    try:
+        _run(args, Console())
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise SystemExit(
+            f"staria-data: {error.strerror} while writing {error.filename}; nothing was left "
+            "half-written under a final name: free space and rerun (finished chunks are reused)"
+        ) from error
+
+
+def _run(args: argparse.Namespace, console: Console) -> None:
     if args.command == "synth":
         config = SynthesisConfig(
             pieces_per_form=args.pieces_per_form,
@@ -118,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         args.val_fraction,
         args.test_fraction,
         use_labels=not args.no_labels,
+        max_duration_s=args.max_duration_s,
+        max_tokens=args.max_tokens,
+        crop=args.crop,
     )
     if args.command == "merge":
         result = merge_index(sources, args.cache_dir, settings)
@@ -150,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                 shard_index=args.shard_index,
                 num_shards=args.num_shards,
                 progress=lambda count: progress.advance(task, count),
+                worker_limits=WorkerLimits(args.file_timeout_s, args.file_memory_mib),
             )
         if result is None:
             console.print(
@@ -157,8 +205,20 @@ def main(argv: list[str] | None = None) -> None:
                 "run `staria-data merge` with the same arguments once all shards finished"
             )
             return
+    _print_summary(console, result, args.cache_dir)
+
+
+def _print_summary(console: Console, result: IndexResult, cache_dir: Path) -> None:
+    """Pieces per split, then how many files were skipped, duplicated and cropped, and where
+    the report lists each one with its reason."""
     verb = "reused" if result.reused else "wrote"
-    console.print(f"{verb} index {result.fingerprint} in {args.cache_dir}:")
+    console.print(f"{verb} index {result.fingerprint} in {cache_dir}:")
     for split, folder in result.split_dirs.items():
         console.print(f"  {split}: {result.counts[split]} pieces -> {folder}")
-    console.print(f"  skipped files and duplicates: {result.report_path}")
+    report = json.loads(result.report_path.read_text())
+    console.print(
+        f"  {sum(result.counts.values())} of {report['files_found']} files indexed, "
+        f"{len(report['skipped'])} skipped, {len(report['duplicates'])} duplicates, "
+        f"{len(report.get('cropped', []))} cropped; each with its reason in {result.report_path}",
+        highlight=False,
+    )

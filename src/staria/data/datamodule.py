@@ -7,7 +7,6 @@ rank, bucket by length, and are `StatefulDataLoader`s so a mid-epoch resume is e
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from staria.data.preprocess import (
     IndexSettings,
     TokenLayout,
     build_index,
+    exclusive_lock,
     find_index,
 )
 from staria.data.synthetic import SynthesisConfig, synthesize
@@ -57,8 +57,7 @@ def synthetic_pieces(config: SynthesisConfig, cache_dir: Path) -> Path:
     key = hashlib.sha256(json.dumps(asdict(config), default=str).encode()).hexdigest()[:12]
     folder = cache_dir / f"synthetic_{key}"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".synthetic_{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(cache_dir / f".synthetic_{key}.lock"):
         if not (folder / COMPLETE_MARKER).is_file():
             temp = cache_dir / f".tmp-{os.getpid()}-{folder.name}"
             shutil.rmtree(temp, ignore_errors=True)

@@ -1,36 +1,41 @@
 """MIDI folders -> a cached, split, memory-mapped token index (command `staria-data index`).
 
-Work is cut into fixed chunks of the sorted file list; each chunk is tokenized in a worker and
-written as its own shard file, so a rerun skips finished chunks and a SLURM array can split the
-chunks by `shard_index`/`num_shards`. A merge step then drops duplicate content, assigns splits
-and writes one folder per split, renamed into place only when complete. Layout: docs/data-format.md.
+Work is cut into fixed chunks of the sorted file list, written as one shard file each, so a
+rerun skips finished chunks and a SLURM array can split the chunks by `shard_index`/`num_shards`.
+Files are tokenized one by one in isolated worker processes (`staria.data.isolation`): a file
+that crashes, hangs or exhausts memory is one line in the skip report, never the run. A merge
+step then drops duplicate content, assigns splits and writes one folder per split, renamed into
+place only when complete. Runs on one cache folder take a lock per shard and for the merge, so
+concurrent runs wait for each other instead of colliding. Layout: docs/data-format.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from staria.data.labels import LabelFormatError, PieceLabels, labels_path
-from staria.midi_io import FAMILIES, MidiReadError, read_notes
-from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle
+from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
+from staria.data.labels import PieceLabels, labels_path
+from staria.midi_io import FAMILIES, read_notes
+from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle, PieceLimits
 
 SPLITS = ("train", "val", "test")
 MIDI_SUFFIXES = (".mid", ".midi")
 NO_SECTION = 255
 COMPLETE_MARKER = "COMPLETE"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2
 
 
 class IncompleteIndexError(RuntimeError):
@@ -47,7 +52,10 @@ class LabelAlignmentError(ValueError):
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """Everything that changes a cache's content; its hash (with the inputs) names the cache."""
+    """Everything that changes a cache's content; its hash (with the inputs) names the cache.
+
+    `max_duration_s`, `max_tokens` and `crop` bound each piece (`staria.tokenizer.PieceLimits`).
+    """
 
     mode: str = "real"
     name: str = "midi"
@@ -55,6 +63,9 @@ class IndexSettings:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     use_labels: bool = True
+    max_duration_s: float = PieceLimits.max_duration_s
+    max_tokens: int = PieceLimits.max_tokens
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction + self.test_fraction < 1:
@@ -62,6 +73,11 @@ class IndexSettings:
                 f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} "
                 "must lie in [0, 1)"
             )
+        self.piece_limits  # noqa: B018 - validates the limits now, not in a worker
+
+    @property
+    def piece_limits(self) -> PieceLimits:
+        return PieceLimits(self.max_duration_s, self.max_tokens, self.crop)
 
 
 @dataclass
@@ -208,52 +224,50 @@ class TokenLayout:
         return LabelledSequence(sequence, section_ids, tuple(spans))
 
 
+def _file_indexer(settings: IndexSettings) -> tuple[TokenLayout, bool]:
+    """Per-worker state: lookup tables for the settings' piece limits, and whether to label."""
+    return TokenLayout(MusicTokenizerWithStyle(settings.piece_limits)), settings.use_labels
+
+
 def _index_file(
-    path: Path, layout: TokenLayout, use_labels: bool
+    indexer: tuple[TokenLayout, bool], path: str
 ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Record, token ids and section ids of one file; raises on any unusable input."""
-    data = path.read_bytes()
+    """Record, token ids (uint16) and section ids of one file; raises on any unusable input."""
+    layout, use_labels = indexer
+    data = Path(path).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
-    notes = read_notes(data)
+    notes, cropped = layout.tokenizer.fit_to_limits(read_notes(data), path)
     ids = layout.tokenizer.notes_to_ids(notes)
-    label_file = labels_path(path)
-    record = {"path": str(path), "sha256": sha256, "form": None, "style": None, "split": None}
+    label_file = labels_path(Path(path))
+    record = {"path": path, "sha256": sha256, "form": None, "style": None, "split": None}
+    if cropped:
+        record["cropped"] = cropped
     if not (use_labels and label_file.is_file()):
-        return record, ids, np.full(len(ids), NO_SECTION, dtype=np.uint8)
-    labels = PieceLabels.load(label_file)
-    sequence = layout.labelled_sequence(ids, notes.start_ms / 1000.0, labels)
-    record.update(form=labels.form, style=labels.style, split=labels.split)
-    record["sections"] = [list(span) for span in sequence.sections]
-    return record, sequence.ids, sequence.section_ids
+        section_ids = np.full(len(ids), NO_SECTION, dtype=np.uint8)
+    else:
+        labels = PieceLabels.load(label_file)
+        sequence = layout.labelled_sequence(ids, notes.start_ms / 1000.0, labels)
+        record.update(form=labels.form, style=labels.style, split=labels.split)
+        record["sections"] = [list(span) for span in sequence.sections]
+        ids, section_ids = sequence.ids, sequence.section_ids
+    record["num_tokens"] = len(ids)
+    return record, ids.astype(np.uint16), section_ids
 
 
-def index_chunk(chunk_id: int, paths: Sequence[str], work_dir: str, use_labels: bool) -> int:
-    """Tokenize one chunk into `chunk-<id>.npz` + `.json` (written last, the chunk's marker)."""
-    layout = TokenLayout(MusicTokenizerWithStyle())
-    records, token_parts, section_parts = [], [], []
-    for path in map(Path, paths):
-        try:
-            record, ids, section_ids = _index_file(path, layout, use_labels)
-        except (MidiReadError, LabelFormatError, LabelAlignmentError, OSError) as error:
-            reason = error.reason if isinstance(error, MidiReadError) else str(error)
-            records.append({"path": str(path), "error": f"{type(error).__name__}: {reason}"})
-            continue
-        record["num_tokens"] = len(ids)
-        records.append(record)
-        token_parts.append(ids.astype(np.uint16))
-        section_parts.append(section_ids)
-    stem = Path(work_dir) / f"chunk-{chunk_id:06d}"
+def _write_chunk(work_dir: Path, chunk_id: int, results: list[tuple]) -> None:
+    """`chunk-<id>.npz` then `.json` (the chunk's completion marker), each renamed into place."""
+    records = [record for record, _, _ in results]
+    token_parts = [ids for _, ids, _ in results if ids is not None]
+    section_parts = [sections for _, _, sections in results if sections is not None]
     empty = np.zeros(0, dtype=np.uint16)
-    with open(f"{stem}.npz.tmp", "wb") as handle:
+    stem = work_dir / f"chunk-{chunk_id:06d}"
+    with _atomic_path(stem.with_suffix(".npz")) as temp, open(temp, "wb") as handle:
         np.savez(
             handle,
             tokens=np.concatenate(token_parts) if token_parts else empty,
             section_ids=np.concatenate(section_parts) if section_parts else empty.astype(np.uint8),
         )
-    os.replace(f"{stem}.npz.tmp", f"{stem}.npz")
-    Path(f"{stem}.json.tmp").write_text(json.dumps(records))
-    os.replace(f"{stem}.json.tmp", f"{stem}.json")
-    return len(paths)
+    _write_json(stem.with_suffix(".json"), records)
 
 
 def _chunks(files: Sequence[Path], chunk_size: int) -> list[list[str]]:
@@ -263,32 +277,46 @@ def _chunks(files: Sequence[Path], chunk_size: int) -> list[list[str]]:
 def _run_chunks(
     todo: list[tuple[int, list[str]]],
     work_dir: Path,
-    use_labels: bool,
+    settings: IndexSettings,
     workers: int,
+    worker_limits: WorkerLimits,
     progress: Callable[[int], None] | None,
 ) -> int:
-    """Tokenize chunks in-process (one worker) or across a process pool; returns files done."""
+    """Tokenize the chunks' files in isolated workers, writing each chunk once all its files
+    are done (a failed file becomes an error record); returns the number of files done."""
+    files = [(chunk_id, path) for chunk_id, paths in todo for path in paths]
+    results: dict[int, dict[int, tuple]] = {chunk_id: {} for chunk_id, _ in todo}
+    sizes = {chunk_id: len(paths) for chunk_id, paths in todo}
     done = 0
-    if workers <= 1:
-        for chunk_id, paths in todo:
-            done += index_chunk(chunk_id, paths, str(work_dir), use_labels)
-            if progress:
-                progress(len(paths))
-        return done
-    # forkserver: workers start clean even when the caller holds threads (torch, a DataLoader).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["staria.data.preprocess"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(index_chunk, chunk_id, paths, str(work_dir), use_labels)
-            for chunk_id, paths in todo
-        ]
-        for future in as_completed(futures):
-            count = future.result()
-            done += count
-            if progress:
-                progress(count)
+    outcomes = map_isolated(
+        _index_file,
+        [path for _, path in files],
+        workers,
+        worker_limits,
+        setup=functools.partial(_file_indexer, settings),
+    )
+    with contextlib.closing(outcomes):
+        for position, outcome in outcomes:
+            chunk_id, path = files[position]
+            if isinstance(outcome, ItemFailure):
+                outcome = ({"path": path, "error": outcome.reason}, None, None)
+            results[chunk_id][position] = outcome
+            if len(results[chunk_id]) == sizes[chunk_id]:
+                finished = results.pop(chunk_id)
+                _write_chunk(work_dir, chunk_id, [finished[p] for p in sorted(finished)])
+                done += sizes[chunk_id]
+                if progress:
+                    progress(sizes[chunk_id])
     return done
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (created if missing): concurrent holders wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def build_index(
@@ -300,11 +328,13 @@ def build_index(
     shard_index: int = 0,
     num_shards: int = 1,
     progress: Callable[[int], None] | None = None,
+    worker_limits: WorkerLimits | None = None,
 ) -> IndexResult | None:
     """Index MIDI under `sources` into `cache_root`, reusing a complete cache of the same inputs.
 
     With `num_shards > 1` this process only tokenizes chunks `shard_index::num_shards` and
-    returns None; `merge_index` (run once all shards finished) writes the splits.
+    returns None; `merge_index` (run once all shards finished) writes the splits. Each file
+    gets at most `worker_limits` of time and memory; `workers` processes (default: all cores).
     """
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} outside [0, num_shards={num_shards})")
@@ -313,25 +343,27 @@ def build_index(
     key = fingerprint(files, settings)
     stem = cache_stem(settings, key)
     chunks = _chunks(files, chunk_size)
-    found = _complete_index(cache_root, stem, key)
-    if found is not None:
-        return found
-    work_dir = cache_root / f".work_{stem}"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(work_dir / "plan.json", {"chunk_size": chunk_size, "num_chunks": len(chunks)})
-    todo = [
-        (chunk_id, paths)
-        for chunk_id, paths in enumerate(chunks)
-        if chunk_id % num_shards == shard_index
-        and not (work_dir / f"chunk-{chunk_id:06d}.json").is_file()
-    ]
-    workers = workers or os.cpu_count() or 1
-    tokenized = _run_chunks(todo, work_dir, settings.use_labels, min(workers, len(todo)), progress)
-    if num_shards > 1:
-        return None
-    result = merge_index(sources, cache_root, settings)
-    result.tokenized_files = tokenized
-    return result
+    with exclusive_lock(cache_root / f".{stem}.shard-{shard_index}-of-{num_shards}.lock"):
+        found = _complete_index(cache_root, stem, key)
+        if found is not None:
+            return found
+        work_dir = cache_root / f".work_{stem}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(work_dir / "plan.json", {"chunk_size": chunk_size, "num_chunks": len(chunks)})
+        todo = [
+            (chunk_id, paths)
+            for chunk_id, paths in enumerate(chunks)
+            if chunk_id % num_shards == shard_index
+            and not (work_dir / f"chunk-{chunk_id:06d}.json").is_file()
+        ]
+        workers = min(workers or os.cpu_count() or 1, sum(len(paths) for _, paths in todo))
+        limits = worker_limits or WorkerLimits()
+        tokenized = _run_chunks(todo, work_dir, settings, workers, limits, progress)
+        if num_shards > 1:
+            return None
+        result = merge_index(sources, cache_root, settings)
+        result.tokenized_files = tokenized
+        return result
 
 
 def find_index(
@@ -366,6 +398,21 @@ def merge_index(
     work_dir = cache_root / f".work_{stem}"
     split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
     report_path = cache_root / f"{stem}_report.json"
+    with exclusive_lock(cache_root / f".{stem}.merge.lock"):
+        found = _complete_index(cache_root, stem, key)
+        if found is not None:  # a concurrent run merged while this one waited
+            return found
+        return _merge_chunks(work_dir, split_dirs, report_path, settings, key, len(files))
+
+
+def _merge_chunks(
+    work_dir: Path,
+    split_dirs: dict[str, Path],
+    report_path: Path,
+    settings: IndexSettings,
+    key: str,
+    num_files: int,
+) -> IndexResult:
     plan_path = work_dir / "plan.json"
     if not plan_path.is_file():
         raise IncompleteIndexError(f"{work_dir}: no shard has started; run `staria-data index`")
@@ -387,7 +434,7 @@ def merge_index(
             for record, start, split in kept:
                 end = start + record["num_tokens"]
                 writers.append(split, record, tokens[start:end], section_ids[start:end])
-    _write_json(report_path, plan.report(key, settings, len(files)))
+    _write_json(report_path, plan.report(key, settings, num_files))
     shutil.rmtree(work_dir)
     return IndexResult(split_dirs, report_path, key, False, 0, num_chunks, _counts(split_dirs))
 
@@ -402,6 +449,7 @@ class _MergePlan:
     labelled_splits: set[str]
     skipped: list[dict]
     duplicates: list[dict]
+    cropped: list[dict]
 
     def report(self, key: str, settings: IndexSettings, num_files: int) -> dict:
         return {
@@ -412,13 +460,14 @@ class _MergePlan:
             "tokens": self.tokens_per_split,
             "skipped": self.skipped,
             "duplicates": self.duplicates,
+            "cropped": self.cropped,
         }
 
 
 def _merge_plan(chunk_stems: Sequence[Path], settings: IndexSettings) -> _MergePlan:
     """First occurrence (in sorted path order) of each content hash wins; errors are reported."""
     seen: dict[str, str] = {}
-    plan = _MergePlan([], dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0), set(), [], [])
+    plan = _MergePlan([], dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0), set(), [], [], [])
     for chunk_stem in chunk_stems:
         kept, offset = [], 0
         for record in json.loads(chunk_stem.with_suffix(".json").read_text()):
@@ -432,6 +481,8 @@ def _merge_plan(chunk_stems: Sequence[Path], settings: IndexSettings) -> _MergeP
                 )
                 continue
             seen[record["sha256"]] = record["path"]
+            if "cropped" in record:
+                plan.cropped.append({"path": record["path"], "reason": record["cropped"]})
             split = split_of(record["sha256"], settings, record["split"])
             kept.append((record, start, split))
             plan.tokens_per_split[split] += record["num_tokens"]
@@ -462,12 +513,10 @@ class _SplitWriters:
                 shutil.rmtree(stale)
             temp.mkdir(parents=True)
             total = self.plan.tokens_per_split[split]
-            self.tokens[split] = np.lib.format.open_memmap(
-                temp / "tokens.npy", mode="w+", dtype=np.uint16, shape=(total,)
-            )
+            self.tokens[split] = _allocated_memmap(temp / "tokens.npy", np.uint16, total)
             if split in self.plan.labelled_splits:
-                self.section_ids[split] = np.lib.format.open_memmap(
-                    temp / "section_ids.npy", mode="w+", dtype=np.uint8, shape=(total,)
+                self.section_ids[split] = _allocated_memmap(
+                    temp / "section_ids.npy", np.uint8, total
                 )
             self.offsets[split] = [0]
         return self
@@ -485,10 +534,20 @@ class _SplitWriters:
         )
 
     def __exit__(self, error_type: type | None, *_: object) -> None:
-        if error_type is not None:
-            for temp in self.temp_dirs.values():
-                shutil.rmtree(temp, ignore_errors=True)
-            return
+        try:
+            if error_type is None:
+                self._finish()
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
+
+    def _discard(self) -> None:
+        for temp in self.temp_dirs.values():
+            shutil.rmtree(temp, ignore_errors=True)
+
+    def _finish(self) -> None:
         for split, temp in self.temp_dirs.items():
             self.tokens[split].flush()
             if split in self.section_ids:
@@ -507,16 +566,44 @@ class _SplitWriters:
                 },
             )
             (temp / COMPLETE_MARKER).write_text("complete\n")
+        for split, temp in self.temp_dirs.items():
             final = self.split_dirs[split]
             if final.exists():
                 shutil.rmtree(final)
             os.replace(temp, final)
 
 
-def _write_json(path: Path, payload: dict) -> None:
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path (unique to this process) renamed to `path` on success, removed on
+    failure, so a final name only ever holds a whole file. A failed write (a full disk) is
+    re-raised as an `OSError` that names `path`."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(payload, indent=1))
-    os.replace(temp, path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    except BaseException as error:
+        temp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def _write_json(path: Path, payload: dict | list) -> None:
+    with _atomic_path(path) as temp:
+        temp.write_text(json.dumps(payload, indent=1))
+
+
+def _allocated_memmap(path: Path, dtype: type, length: int) -> np.ndarray:
+    """A writable .npy memmap whose blocks are reserved up front: a full disk raises here
+    (`OSError` naming the file) instead of SIGBUS at some later write into the map."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(length,))
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+    return array
 
 
 def _counts(split_dirs: dict[str, Path]) -> dict[str, int]:
