@@ -1,13 +1,12 @@
 """The compiled MIDI reader against mido (Aria's reader), and Aria's rules on built files."""
 
-import io
 import random
 
 import mido
-import numpy as np
 import pytest
+from midi_oracle import midi_file, mido_accepts, mido_events, our_events
 
-from staria.midi_events import NOTE_OFF, NOTE_ON, PEDAL, PROGRAM, MidiFormatError, read_events
+from staria.midi_events import MidiFormatError, read_events
 from staria.midi_io import read_notes
 from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
 
@@ -19,48 +18,13 @@ ORACLE_FILES = [
 ]
 
 
-def _mido_events(midi: mido.MidiFile):
-    events, tempos = [], []
-    for track_index, track in enumerate(midi.tracks):
-        now = 0
-        for message in track:
-            now += message.time
-            if message.type == "set_tempo":
-                tempos.append((now, message.tempo))
-            elif message.type == "note_on" and message.velocity > 0:
-                events.append((now, track_index, NOTE_ON, message.channel, message.note))
-            elif message.type in ("note_on", "note_off"):
-                events.append((now, track_index, NOTE_OFF, message.channel, message.note))
-            elif message.type == "control_change" and message.control == 64:
-                events.append((now, track_index, PEDAL, message.channel, message.value))
-            elif message.type == "program_change":
-                events.append((now, track_index, PROGRAM, message.channel, message.program))
-    return events, tempos
-
-
-def _our_events(data: bytes):
-    ev = read_events(data)
-    detail = np.where(ev.kind == PEDAL, ev.value, ev.key)
-    columns = (ev.tick, ev.track, ev.kind, ev.channel, detail)
-    events = list(zip(*(c.tolist() for c in columns), strict=True))
-    return events, list(zip(ev.tempo_tick.tolist(), ev.tempo.tolist(), strict=True))
-
-
 @pytest.mark.parametrize("name", ORACLE_FILES)
 def test_events_equal_mido_on_real_files(shared_midi_dir, name):
     path = shared_midi_dir / name
-    assert _our_events(path.read_bytes()) == _mido_events(mido.MidiFile(path))
+    assert our_events(path.read_bytes()) == mido_events(mido.MidiFile(path))
 
 
-def _mido_accepts(data: bytes) -> bool:
-    try:
-        mido.MidiFile(file=io.BytesIO(data))
-    except Exception:  # mido raises OSError, EOFError, KeySignatureError, IndexError, ...
-        return False
-    return True
-
-
-def test_truncated_and_corrupted_bytes_accepted_exactly_when_mido_accepts(shared_midi_dir):
+def test_truncated_and_corrupted_bytes_accepted_exactly_whenmido_accepts(shared_midi_dir):
     data = (shared_midi_dir / "aria-utils-tests/basic.mid").read_bytes()
     rng = random.Random(0)
     variants = [data[:cut] for cut in rng.sample(range(len(data)), 40)]
@@ -74,15 +38,7 @@ def test_truncated_and_corrupted_bytes_accepted_exactly_when_mido_accepts(shared
             accepted = True
         except MidiFormatError:
             accepted = False
-        assert accepted == _mido_accepts(variant)
-
-
-def _file(*tracks: list[mido.Message], ticks_per_beat: int = 480) -> bytes:
-    midi = mido.MidiFile(ticks_per_beat=ticks_per_beat)
-    midi.tracks = [mido.MidiTrack(track) for track in tracks]
-    buffer = io.BytesIO()
-    midi.save(file=buffer)
-    return buffer.getvalue()
+        assert accepted == mido_accepts(variant)
 
 
 def _note(pitch, start_delta, length, channel=0, velocity=80):
@@ -102,10 +58,10 @@ def _note(pitch, start_delta, length, channel=0, velocity=80):
     ],
 )
 def test_malformed_tracks_name_the_reason(body, reason):
-    data = _file([]).replace(b"MTrk\x00\x00\x00\x04\x00\xff\x2f\x00", b"")
+    data = midi_file([]).replace(b"MTrk\x00\x00\x00\x04\x00\xff\x2f\x00", b"")
     data = data[:10] + b"\x00\x01" + data[12:]
     data += b"MTrk" + len(body).to_bytes(4, "big") + body
-    assert not _mido_accepts(data)
+    assert not mido_accepts(data)
     with pytest.raises(MidiFormatError, match=reason):
         read_events(data)
     with pytest.raises(MidiReadError, match="<bytes>"):
@@ -119,7 +75,7 @@ def test_pedal_in_another_track_holds_notes_and_a_pedal_left_down_ends_with_the_
         mido.Message("control_change", control=64, value=0, time=480),  # up at 720 ticks
         mido.Message("control_change", control=64, value=100, time=480),  # down at 1200, never up
     ]
-    table = read_notes(_file(notes, pedal))
+    table = read_notes(midi_file(notes, pedal))
     assert table.duration_ms.tolist() == [750, 500]  # held to 750 ms; last note not extended
     assert table.start_ms.tolist() == pytest.approx([0.0, 1000.0])
 
@@ -129,7 +85,7 @@ def test_program_without_notes_still_names_its_instrument_and_dropped_channels_v
     organ_only = [mido.Message("program_change", program=16, channel=1)]
     pad = [mido.Message("program_change", program=88, channel=2), *_note(62, 0, 480, channel=2)]
     tokenizer = MusicTokenizerWithStyle()
-    tokens = tokenizer.tokenize(_file(piano, organ_only, pad))
+    tokens = tokenizer.tokenize(midi_file(piano, organ_only, pad))
     assert tokens[:3] == [
         ("prefix", "instrument", "piano"),
         ("prefix", "instrument", "organ"),
@@ -145,7 +101,7 @@ def test_simultaneous_notes_follow_the_order_of_their_note_offs():
         mido.Message("note_off", note=67, time=480),
         mido.Message("note_off", note=60, time=0),
     ]
-    assert read_notes(_file(chord)).pitch.tolist() == [67, 60]
+    assert read_notes(midi_file(chord)).pitch.tolist() == [67, 60]
 
 
 def test_aria_clock_mixes_the_last_two_tempos_past_the_last_change():
@@ -153,11 +109,11 @@ def test_aria_clock_mixes_the_last_two_tempos_past_the_last_change():
         mido.MetaMessage("set_tempo", tempo=500_000, time=0),
         mido.MetaMessage("set_tempo", tempo=1_000_000, time=0),
     ]
-    table = read_notes(_file(tempos, _note(60, 480, 480)))
+    table = read_notes(midi_file(tempos, _note(60, 480, 480)))
     # Past the last change Aria first goes back to it at the tempo before (-480 ticks at 0.5 s
     # per beat), then forward at the last tempo: onset -500 + 1000 ms, duration -500 + 2000 ms.
     assert table.onset_ms.tolist() == [500]
     assert table.duration_ms.tolist() == [1500]
     assert table.start_ms.tolist() == pytest.approx([1000.0])  # the true tempo map
-    tokens = MusicTokenizerWithStyle().tokenize(_file(tempos, _note(60, 480, 480)))
+    tokens = MusicTokenizerWithStyle().tokenize(midi_file(tempos, _note(60, 480, 480)))
     assert tokens[2:5] == [("piano", 60, 80), ("onset", 500), ("dur", 1500)]

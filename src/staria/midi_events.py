@@ -6,6 +6,9 @@ compiled libraries such as symusic drop: every track (also those without notes),
 channel, and each event's position in its track. Only the events Aria uses are kept: notes,
 sustain pedal, program changes, tempo.
 
+Ticks follow mido's clock, quirks included: the delta time of a meta event of a type mido does
+not know (0x08, 0x60, ...) is dropped, as mido drops it, so Aria's note times come out.
+
 It is stricter than mido in two documented ways, both files mido reads but Aria cannot use:
 a variable-length quantity longer than 4 bytes (the SMF limit; mido reads any length, and a
 9-byte delta time makes Aria allocate hundreds of TiB), and an SMPTE or zero time division.
@@ -48,6 +51,11 @@ REASONS = {
     LONG_QUANTITY: f"variable-length quantity longer than {MAX_VLQ_BYTES} bytes in {{where}}",
     SYSEX_DATA_BYTE: "sysex data byte {value} out of range 0..127 in {where}",
 }
+
+# Meta types mido decodes; it builds every other one with time 0, dropping its delta time.
+_MIDO_META_TYPES = np.zeros(256, dtype=np.bool_)
+_MIDO_META_TYPES[[0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x09]] = True
+_MIDO_META_TYPES[[0x20, 0x21, 0x2F, 0x51, 0x54, 0x58, 0x59, 0x7F]] = True
 
 # mido decodes a time signature's denominator as 2**byte and refuses it unless
 # math.log(denominator, 2) is an integer in floating point, which fails for 51 of 256 bytes.
@@ -244,6 +252,8 @@ def _read(data, message_length, events, tempos, counters):
                     return error, length, track, division
                 if not _meta_is_valid(meta_type, data, pos, length):
                     return BAD_META, meta_type, track, division
+                if not _MIDO_META_TYPES[meta_type]:
+                    now -= delta  # mido builds unknown meta events with time 0: Aria's clock
                 if meta_type == TEMPO_META:
                     tempos[tempo_count, 0] = now
                     tempos[tempo_count, 1] = (
