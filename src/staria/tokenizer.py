@@ -317,7 +317,12 @@ class MusicTokenizerWithStyle:
         return notes_to_pretty_midi(self.ids_to_notes(np.asarray(self.encode(tokens))))
 
     def write_midi(self, tokens: list[Token], path: str | Path) -> None:
-        """Write what `detokenize(tokens).write(path)` would, without pretty_midi's cost."""
+        """Write what `detokenize(tokens).write(path)` would, without pretty_midi's cost.
+
+        Tokenizing the file gives `tokens` back, except where two notes of one family and
+        pitch overlap: one MIDI channel cannot hold them apart, and the reader pairs them as
+        Aria does (a note-off ends every earlier note of its pitch).
+        """
         notes = self.ids_to_notes(np.asarray(self.encode(tokens)))
         Path(path).write_bytes(notes_to_midi_bytes(notes))
 

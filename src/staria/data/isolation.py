@@ -151,9 +151,10 @@ def map_isolated(
     (None without one); both and the items must pickle. Results come back in completion
     order; the position says whose. Closing the iterator early kills the workers.
     """
-    # forkserver: workers start clean even when the caller holds threads (torch, a DataLoader).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([function.__module__])  # imported once, not per worker
+    # spawn: workers start clean even when the caller holds threads (torch, a DataLoader), and
+    # are the caller's own children, so the parent-death signal fires when it dies (a
+    # forkserver's children keep their server, and so themselves, alive).
+    context = multiprocessing.get_context("spawn")
     pending = deque(enumerate(items))
     pool = [
         _Worker(context, setup, function, limits.memory_mib)

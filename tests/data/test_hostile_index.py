@@ -1,0 +1,243 @@
+"""Bulk indexing over folders that mix good MIDI with every hostile kind: each bad file is one
+line in the skip report, the run goes on, reruns reuse it, and the run's own processes, locks
+and writes hold up under kills, concurrent runs and a full disk."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mido
+import pytest
+from midi_oracle import (
+    FIXTURES,
+    case_folders,
+    midi_file,
+    mutate,
+    mutate_messages,
+    tempo_dense_file,
+)
+
+from staria.data.isolation import WorkerLimits
+from staria.data.preprocess import SPLITS, IndexSettings, build_index, scan_midi_files
+from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
+
+STARIA_DATA = [sys.executable, "-c", "from staria.data.cli import main; main()"]
+
+
+def _hostile_folder(folder: Path) -> Path:
+    """Good files, the hostile cases, fuzzed mutants, and files built to cost or to be long."""
+    folder.mkdir()
+    for source in [*(FIXTURES / "midi").glob("*.mid"), *case_folders()[0].glob("*.mid")]:
+        shutil.copy(source, folder / source.name)
+    rng = random.Random(3)
+    seeds = [path.read_bytes() for path in sorted((FIXTURES / "midi").glob("*.mid"))]
+    for index in range(40):
+        mutant = (mutate if index % 2 else mutate_messages)(rng.choice(seeds), rng)
+        (folder / f"mutant_{index:02d}.mid").write_bytes(mutant)
+    (folder / "tempo_dense.mid").write_bytes(tempo_dense_file(20_000))  # ~0.3 MB
+    silence = [mido.MetaMessage("set_tempo", tempo=2**24 - 1)]
+    silence += [mido.Message("note_on", note=60, velocity=80, time=2**28 - 1)] * 4
+    (folder / "years_of_silence.mid").write_bytes(midi_file(silence, ticks_per_beat=1))
+    (folder / "not_midi.mid").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
+    (folder / "truncated.mid").write_bytes((FIXTURES / "midi" / "waltz.mid").read_bytes()[:300])
+    return folder
+
+
+def _outcomes(folder: Path) -> dict[str, str | None]:
+    """What the tokenizer says of each file on its own: None, or the reason it refuses."""
+    tokenizer = MusicTokenizerWithStyle()
+    outcomes = {}
+    for path in scan_midi_files([folder]):
+        try:
+            tokenizer.tokenize_ids(path)
+            outcomes[str(path)] = None
+        except MidiReadError as error:
+            outcomes[str(path)] = error.reason
+    return outcomes
+
+
+@pytest.mark.slow
+def test_index_over_hostile_files_lists_each_bad_one_and_reuses_the_run(tmp_path):
+    folder = _hostile_folder(tmp_path / "midi")
+    expected = _outcomes(folder)
+    assert 10 < sum(reason is not None for reason in expected.values()) < len(expected) - 10
+    result = build_index([folder], tmp_path / "cache", IndexSettings(name="hostile"), workers=2)
+    report = json.loads(result.report_path.read_text())
+    skipped = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    assert skipped == {
+        path: f"MidiReadError: {reason}" for path, reason in expected.items() if reason
+    }
+    kept = {entry["path"] for entry in report["duplicates"]}
+    kept |= {piece["path"] for s in SPLITS for piece in _pieces(result.split_dirs[s])}
+    assert kept == {path for path, reason in expected.items() if reason is None}
+    assert "years_of_silence.mid" in "".join(skipped) and "tempo_dense.mid" not in "".join(skipped)
+
+    again = build_index([folder], tmp_path / "cache", IndexSettings(name="hostile"), workers=2)
+    assert again.reused and again.tokenized_files == 0
+
+
+def _pieces(split_dir: Path) -> list[dict]:
+    return json.loads((split_dir / "index.json").read_text())["pieces"]
+
+
+def test_files_over_a_worker_limit_are_skipped_with_the_reason_and_not_retried(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "midi" / "basic.mid", folder)
+    (folder / "large.mid").write_bytes(tempo_dense_file(60_000))  # ~1 MB: ~40 MB of events
+    limits = WorkerLimits(timeout_s=120, memory_mib=24)
+    settings = IndexSettings(name="capped", val_fraction=0, test_fraction=0)
+    result = build_index([folder], tmp_path / "cache", settings, workers=1, worker_limits=limits)
+    report = json.loads(result.report_path.read_text())
+    assert [Path(entry["path"]).name for entry in report["skipped"]] == ["large.mid"]
+    assert report["skipped"][0]["reason"].startswith("MemoryError")
+    assert result.counts["train"] == 1
+    again = build_index([folder], tmp_path / "cache", settings, workers=1, worker_limits=limits)
+    assert again.reused and again.tokenized_files == 0
+
+
+def test_crop_keeps_long_pieces_cropped_and_the_report_says_which(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for name in ("basic.mid", "waltz.mid"):
+        shutil.copy(FIXTURES / "midi" / name, folder)
+    settings = IndexSettings(name="crop", max_tokens=300, crop=True, val_fraction=0)
+    result = build_index([folder], tmp_path / "cache", settings, workers=1)
+    report = json.loads(result.report_path.read_text())
+    assert [Path(entry["path"]).name for entry in report["cropped"]] == ["waltz.mid"]
+    assert "cropped to" in report["cropped"][0]["reason"]
+    lengths = [piece["num_tokens"] for s in SPLITS for piece in _pieces(result.split_dirs[s])]
+    assert len(lengths) == 2 and max(lengths) <= 300
+
+
+def test_cli_summary_counts_and_points_to_the_report(tmp_path):
+    folder = _hostile_folder(tmp_path / "midi")
+    run = subprocess.run(
+        [*STARIA_DATA, "index", str(folder), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = _outcomes(folder)
+    skipped = sum(reason is not None for reason in expected.values())
+    summary = " ".join(run.stdout.split())
+    assert f"of {len(expected)} files indexed, {skipped} skipped" in summary
+    assert "_report.json" in summary
+
+
+def _index_command(folder: Path, cache: Path, *extra: str) -> list[str]:
+    return [*STARIA_DATA, "index", str(folder), "--cache-dir", str(cache), *extra]
+
+
+def test_two_runs_on_one_cache_folder_both_finish_with_the_same_index(tmp_path):
+    folder = _hostile_folder(tmp_path / "midi")
+    cache = tmp_path / "cache"
+    runs = [
+        subprocess.Popen(
+            _index_command(folder, cache, "--workers", "1", "--chunk-size", "8"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    finals = sorted(path.name for path in cache.iterdir() if not path.name.startswith("."))
+    assert len(finals) == 4  # three splits and the report, once
+    assert not [path for path in cache.iterdir() if path.name.startswith((".work", ".tmp"))]
+    assert sum(("reused index" in out) for out, _ in outputs) == 1
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_index_kills_its_workers(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    dense = tempo_dense_file(20_000)
+    for index in range(300):  # distinct bytes per file, so every file is real work
+        (folder / f"piece_{index:03d}.mid").write_bytes(dense + bytes([index % 256]))
+    run = subprocess.Popen(
+        _index_command(folder, tmp_path / "cache", "--workers", "2", "--chunk-size", "4"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
+        workers = {pid for pid in _descendants(run.pid) if _running(pid)}
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the index never started its workers"
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 192 KiB tmpfs: a real full disk (ENOSPC from the kernel), needs root."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path, small_disk):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"piece_{index}.mid").write_bytes(tempo_dense_file(4_000) + bytes([index]))
+    cache = small_disk / "cache"
+    run = subprocess.run(
+        _index_command(folder, cache, "--workers", "1", "--chunk-size", "2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode != 0
+    message = " ".join(run.stderr.split())
+    assert "No space left on device while writing" in message and str(cache) in message
+    assert "Traceback" not in run.stderr
+    leftovers = [path.name for path in cache.rglob("*") if path.name.endswith(".tmp")]
+    assert leftovers == []
+    assert not [path for path in cache.iterdir() if path.name.startswith("dataset_")]
+    os.sync()

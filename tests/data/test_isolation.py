@@ -1,0 +1,100 @@
+"""Isolated workers: a crash, hang, memory blow-up, exception or exit costs one item, not the run,
+and killing the run kills its workers."""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
+
+
+def _work(offset, item):
+    """Module level, so workers can import it: each hostile item misbehaves in its own way."""
+    if item == "raise":
+        raise ValueError("bad item")
+    if item == "segfault":
+        ctypes.string_at(0)
+    if item == "hang":
+        time.sleep(3600)
+    if item == "memory":
+        return int(np.ones(2**31, dtype=np.uint8).sum())  # 2 GiB, past the 256 MiB cap
+    if item == "exit":
+        os._exit(3)
+    if item == "pid":
+        return os.getpid()
+    return item + offset
+
+
+def _offset():
+    return 1000
+
+
+def test_each_failure_costs_its_item_only_and_the_rest_finish():
+    hostile = ["raise", "segfault", "hang", "memory", "exit"]
+    items = [*range(6), *hostile, *range(6, 12)]
+    limits = WorkerLimits(timeout_s=5, memory_mib=256)
+    outcomes = dict(map_isolated(_work, items, workers=2, limits=limits, setup=_offset))
+    assert sorted(outcomes) == list(range(len(items)))
+    for position, item in enumerate(items):
+        if isinstance(item, int):
+            assert outcomes[position] == item + 1000
+    reasons = {item: outcomes[items.index(item)] for item in hostile}
+    assert all(isinstance(reason, ItemFailure) for reason in reasons.values())
+    assert reasons["raise"].reason == "ValueError: bad item"
+    assert reasons["segfault"].reason == "worker killed by SIGSEGV"
+    assert reasons["hang"].reason == "timed out after 5 s"
+    assert reasons["memory"].reason.startswith("MemoryError")
+    assert reasons["exit"].reason == "worker exited with code 3"
+
+
+def test_closing_early_kills_the_workers():
+    outcomes = map_isolated(_work, ["pid", "pid", "hang", "hang"], workers=2)
+    pids = {next(outcomes)[1], next(outcomes)[1]}
+    outcomes.close()
+    assert all(not _alive(pid) for pid in pids)
+
+
+_RUN_UNTIL_KILLED = """
+import sys
+from test_isolation import _work
+from staria.data.isolation import map_isolated
+outcomes = map_isolated(_work, ["pid", "pid", "hang", "hang"], workers=2)
+print(next(outcomes)[1], next(outcomes)[1], flush=True)
+for _ in outcomes:
+    pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_killing_the_parent_kills_its_workers():
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RUN_UNTIL_KILLED],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    workers = [int(pid) for pid in process.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
