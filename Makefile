@@ -21,7 +21,7 @@ GEN_ARGS   ?=
 CLASSIFIER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo bench sweep slurm-up slurm-down clean generate eval stats report experiment
+.PHONY: help install test lint format demo bench fuzz sweep slurm-up slurm-down clean generate eval stats report experiment
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,11 @@ demo: install ## the whole loop on synthetic data: tiny Staria A/B/C + baseline 
 	@echo "== [7/7] generate and evaluate the baseline"
 	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_baseline/stage-none/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
 	@echo "== done: open the two reports, $(DEMO_STARIA)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RUNS)/demo_baseline/stage-none/generated/$(GEN_NAME)/evaluation/report.html"
+
+FUZZ_CASES ?= 100000
+FUZZ_SEED  ?= 1
+fuzz: install ## long differential fuzz of the MIDI reader against mido [FUZZ_CASES=100000 FUZZ_SEED=1]
+	STARIA_FUZZ_CASES=$(FUZZ_CASES) STARIA_FUZZ_SEED=$(FUZZ_SEED) $(VENV)/bin/pytest -p no:cacheprovider -q -o timeout=0 tests/test_midi_fuzz.py
 
 bench: install ## run every benchmark, each printing ratios against a same-run baseline
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
