@@ -139,7 +139,10 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(
     for rank in (0, 1):
         for name, value in load("ddp", "params", rank).items():
             # AdamW moves a weight by up to about LR per step; the runs agree far more closely.
-            torch.testing.assert_close(value, single_params[name], rtol=0, atol=LR * 1e-2, msg=name)
+            # Where a gradient is near Adam's eps (1e-8) its step amplifies rounding: a 5%
+            # difference in a 2e-8 gradient moves a weight by 1.2e-5 (seen with torch 2.13), so
+            # the bound is LR / 20, still far below the LR-sized steps of ranks out of sync.
+            torch.testing.assert_close(value, single_params[name], rtol=0, atol=LR * 5e-2, msg=name)
 
 
 def tiny_staria() -> torch.nn.Module:
