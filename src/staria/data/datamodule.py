@@ -107,6 +107,17 @@ class MidiDataModule(L.LightningDataModule):
             raise ValueError(f"data task {task!r} is not one of {TASKS}")
         if mode == "real" and not folders:
             raise ValueError("data mode 'real' needs `folders` of MIDI files")
+        for name, value, least in (
+            ("snippet_len", snippet_len, 1),
+            ("max_snippets", max_snippets, 1),
+            ("max_seq_len", max_seq_len, 2),
+            ("batch_size", batch_size, 1),
+            ("bucket_batches", bucket_batches, 1),
+            ("num_workers", num_workers, 0),
+            ("limit", limit, 0),
+        ):
+            if value < least:
+                raise ValueError(f"{name}={value}: must be at least {least}")
         self.save_hyperparameters(logger=False)
         self.mode, self.task, self.model_kind = mode, task, model_kind
         self.cache_dir = Path(cache_dir)

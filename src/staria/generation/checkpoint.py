@@ -3,23 +3,36 @@
 Tasks keep their network out of the checkpoint's hyperparameters, so the network config comes
 from the run's resolved `config.yaml` (written by `staria-train` beside `checkpoints/`); the
 task class named there loads the weights through its own `load_from_checkpoint`. The data
-settings (snippet length, style key, cache) come from the same file. A Lightning checkpoint
-holds pickled config objects and RNG states, so it is unpickled in full: open only checkpoints
-of runs you trust (your own).
+settings (snippet length, style key, cache) come from the same file.
+
+A run folder may come from someone else, so nothing in it runs code: the checkpoint loads as
+data (`staria.training.safe_loading`), and every `_target_` of the config is checked against
+the project's own classes (`check_run_config`) before anything is imported or built.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from staria.training import safe_loading, tasks
 from staria.training.tasks.base import TrainingTask
 
 RUN_CONFIG = "config.yaml"
+NET_TARGET_PREFIX = "staria.models."  # the networks: staria.models.StariaModel, ...
+DATA_TARGETS = ("staria.data.MidiDataModule", "staria.data.datamodule.MidiDataModule")
+TASK_TARGETS = frozenset(
+    path
+    for name, cls in inspect.getmembers(tasks, inspect.isclass)
+    if issubclass(cls, TrainingTask)
+    for path in (f"{tasks.__name__}.{name}", f"{cls.__module__}.{cls.__qualname__}")
+)
 
 
 class CheckpointError(ValueError):
@@ -54,28 +67,77 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     )
 
 
+def _targets(node: object, key: str) -> Iterator[tuple[str, object]]:
+    """(full key, value) of every `_target_` in a config subtree."""
+    if isinstance(node, DictConfig):
+        for child in node:
+            child_key = f"{key}.{child}" if key else str(child)
+            if child == "_target_":
+                yield child_key, node._get_node(child)._value()
+            else:
+                yield from _targets(node._get_node(child), child_key)
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            yield from _targets(node._get_node(index), f"{key}[{index}]")
+
+
+def check_run_config(config: DictConfig, config_path: Path) -> None:
+    """Refuse a run config whose `_target_`s are not the project's own task, network and data
+    classes, before anything named there is imported or built (`CheckpointError`)."""
+    model = config.get("model")
+    if not isinstance(model, DictConfig) or "_target_" not in model or "net" not in model:
+        raise CheckpointError(f"{config_path}: key 'model' lacks a task `_target_` and its `net`")
+    for key, target in _targets(config, ""):
+        if key == "model._target_":
+            allowed = target in TASK_TARGETS
+        elif key.startswith("model.net."):
+            allowed = isinstance(target, str) and target.startswith(NET_TARGET_PREFIX)
+        elif key == "data._target_":
+            allowed = target in DATA_TARGETS
+        else:
+            allowed = not (key.startswith(("model.", "data.")))  # never built from a run folder
+        if not allowed:
+            raise CheckpointError(
+                f"{config_path}: {key}={target!r} is not one of Staria's own classes; "
+                "a run folder's config may only name Staria's tasks, networks and data module"
+            )
+
+
+def read_run_config(config_path: str | Path) -> DictConfig:
+    """A run's resolved `config.yaml`, its targets checked (`check_run_config`)."""
+    config_path = Path(config_path)
+    config = OmegaConf.load(config_path)
+    check_run_config(config, config_path)
+    return config
+
+
 def load_checkpoint(
     checkpoint: str | Path,
     device: torch.device | str = "cpu",
     run_config: str | Path | None = None,
+    allow_pickle_runs_code: bool = False,
 ) -> LoadedCheckpoint:
-    """Build the run's network from its config and load the checkpoint into its task class."""
+    """Build the run's network from its config and load the checkpoint into its task class.
+
+    The checkpoint loads as data only unless `allow_pickle_runs_code` (`safe_loading`).
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist")
     config_path = Path(run_config) if run_config else run_dir_of(checkpoint) / RUN_CONFIG
-    config = OmegaConf.load(config_path)
-    model = config.get("model")
-    if model is None or "_target_" not in model or "net" not in model:
-        raise CheckpointError(f"{config_path}: key 'model' lacks a task `_target_` and its `net`")
-    task_class = hydra.utils.get_class(model._target_)
-    if not issubclass(task_class, TrainingTask):
-        raise CheckpointError(f"{config_path}: model._target_={model._target_} is not a task")
-    net = hydra.utils.instantiate(model.net)
+    config = read_run_config(config_path)
+    task_class = hydra.utils.get_class(config.model._target_)
+    net = hydra.utils.instantiate(config.model.net)
     try:
-        task = task_class.load_from_checkpoint(
-            checkpoint, map_location=device, weights_only=False, net=net
-        )
+        with safe_loading.safe_globals():
+            task = task_class.load_from_checkpoint(
+                checkpoint,
+                map_location=device,
+                weights_only=not allow_pickle_runs_code,
+                net=net,
+            )
+    except safe_loading.pickle.UnpicklingError as error:
+        raise safe_loading.unsafe_file_error(checkpoint, error) from None
     except RuntimeError as error:
         raise CheckpointError(
             f"{checkpoint}: does not fit the net of {config_path}: {error}"

@@ -43,6 +43,7 @@ class GenerateConfig:
     seed: int = 0
     device: str = "auto"
     cache_kv: bool = True
+    allow_pickle_runs_code: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 

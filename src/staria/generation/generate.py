@@ -96,7 +96,7 @@ def generate(cfg: DictConfig) -> Path:
     """Run one generation request end to end; returns the manifest's path."""
     settings = SamplingSettings(**OmegaConf.to_container(cfg.sampling))
     device = resolve_device(cfg.device)
-    loaded = load_checkpoint(cfg.checkpoint, device, cfg.run_config)
+    loaded = load_checkpoint(cfg.checkpoint, device, cfg.run_config, cfg.allow_pickle_runs_code)
     if not isinstance(loaded.net, StariaModel | DecoderOnlyBaseline):
         raise PromptError(
             f"{cfg.checkpoint}: a {type(loaded.net).__name__} does not generate; "

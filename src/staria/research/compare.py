@@ -26,7 +26,7 @@ import hydra
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from staria.data.preprocess import CachedSplit, find_index
 from staria.evaluation.classifier_metrics import classify_samples, predict_classes
@@ -34,7 +34,7 @@ from staria.evaluation.cli import classifier_input_len
 from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.evaluation.structure_metrics import section_similarities, structure_metrics
-from staria.generation.checkpoint import load_checkpoint
+from staria.generation.checkpoint import RUN_CONFIG, load_checkpoint, read_run_config
 from staria.generation.manifest import MANIFEST_FILE
 from staria.paths import REPO_ROOT
 from staria.research.phases import (
@@ -182,8 +182,8 @@ def held_out_sequences(run_dir: Path) -> tuple[list[np.ndarray], list[str | None
 
 
 def saved_data_settings(run_dir: Path) -> DictConfig:
-    """The data settings a finished run saved in its resolved `config.yaml`."""
-    return OmegaConf.load(run_dir / "config.yaml").data
+    """The data settings a finished run saved in its resolved `config.yaml` (targets checked)."""
+    return read_run_config(run_dir / RUN_CONFIG).data
 
 
 def _pooled_similarities(sequences: Sequence[Sequence[int]], table: TokenTable):

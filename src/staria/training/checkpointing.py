@@ -13,9 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from staria.training.resume import RngStateCallback, write_json_atomic
-
-HISTORY_FILE = "checkpoint_history.json"
+from staria.training.resume import HISTORY_FILE, RngStateCallback, write_json_atomic
 
 
 class CheckpointHistory:

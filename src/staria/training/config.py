@@ -1,14 +1,24 @@
 """Typed schemas for the config groups training owns, registered with Hydra's ConfigStore.
 
 A typo in an override of these keys, or a value of the wrong type, fails at composition and
-names the key; `missing_keys` turns any `???` left in the config into one clear error.
+names the key; `missing_keys` turns any `???` left in the config into one clear error. The
+other groups configure objects (`_target_` nodes): `check_target_arguments` checks each
+node's keys and value types against the signature of what it builds, before anything is.
 """
 
+import collections.abc
+import inspect
+import os
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 
 
@@ -44,6 +54,8 @@ class TrainConfig:
     train: bool = True
     test: bool = False
     init_from: str | None = None
+    # Unpickle checkpoints and weight files in full, which can run code in them (safe_loading).
+    allow_pickle_runs_code: bool = False
     run_id: str | None = None
     print_config: bool = True
     model: Any = MISSING
@@ -82,3 +94,132 @@ def check_no_missing(cfg: DictConfig) -> None:
             + missing[0]
             + "=...`)"
         )
+
+
+class ConfigValueError(ValueError):
+    """A config key the object it configures does not take, or a value it cannot use; the
+    message names the key and the value."""
+
+
+_HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def _target_nodes(node: Any, key: str) -> Iterator[tuple[str, DictConfig]]:
+    """(full key, node) of every config node with a `_target_`, parents before children."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield key, node
+        for child in node:
+            child_node = node._get_node(child)
+            if isinstance(child_node, DictConfig | ListConfig):
+                yield from _target_nodes(child_node, f"{key}.{child}" if key else str(child))
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            yield from _target_nodes(node._get_node(index), f"{key}[{index}]")
+
+
+def _arguments(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Named parameters of a callable (a class's `__init__` chain up to one without
+    `**kwargs`), their type hints, and whether it also takes any other keyword."""
+    functions = (
+        [klass.__dict__["__init__"] for klass in target.__mro__ if "__init__" in klass.__dict__]
+        if inspect.isclass(target)
+        else [target]
+    )
+    parameters: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for function in functions:
+        signature = inspect.signature(function)
+        for name, parameter in signature.parameters.items():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                parameters.setdefault(name, parameter)
+        try:
+            for name, hint in typing.get_type_hints(function).items():
+                hints.setdefault(name, hint)
+        except Exception:  # unresolvable annotations: those values go unchecked
+            pass
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            return parameters, hints, False
+    return parameters, hints, True
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value can be passed where `hint` is annotated. Unknown classes pass
+    (Hydra builds nested objects; this only catches plainly wrong scalars and keys)."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return any(_fits(value, arm) for arm in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return True  # an object Hydra builds; its own node is checked on its own
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str or hint in (Path, os.PathLike):
+        return isinstance(value, str)
+    if typing.is_typeddict(hint):
+        fields = typing.get_type_hints(hint)
+        return isinstance(value, DictConfig | dict) and all(
+            name in fields and _fits(value[name], fields[name]) for name in value
+        )
+    container = origin or hint
+    if container in (list, tuple, set, frozenset) or container in (
+        collections.abc.Sequence,
+        collections.abc.Iterable,
+    ):
+        if not isinstance(value, ListConfig | list | tuple):
+            return isinstance(value, str) and container is collections.abc.Iterable
+        element = args[0] if args and container is not tuple else Any
+        return all(_fits(item, element) for item in value)
+    if container in (dict, collections.abc.Mapping):
+        return isinstance(value, DictConfig | dict)
+    if value is None or isinstance(value, bool | int | float | str):
+        return not inspect.isclass(container) or isinstance(value, container)
+    return True
+
+
+def check_target_arguments(cfg: DictConfig) -> None:
+    """Every `_target_` node's keys are arguments of what it names, with values of the
+    annotated types: `ConfigValueError` naming `key=value` before anything is built."""
+    for key, node in _target_nodes(cfg, ""):
+        target_name = node._get_node("_target_")._value()
+        try:
+            target = hydra.utils.get_object(target_name)
+        except Exception as error:
+            raise ConfigValueError(
+                f"{key}._target_={target_name!r} cannot be imported: {error}"
+            ) from None
+        parameters, hints, takes_any = _arguments(target)
+        for name in node:
+            if name in _HYDRA_KEYS:
+                continue
+            if name not in parameters:
+                if takes_any:
+                    continue
+                choices = ", ".join(p for p in parameters if p != "self")
+                raise ConfigValueError(
+                    f"{key}.{name}: {target_name} has no argument {name!r} (it takes: {choices})"
+                )
+            value = node[name]
+            hint = hints.get(name, parameters[name].annotation)
+            if not _fits(value, hint):
+                shown = (
+                    OmegaConf.to_container(value)
+                    if isinstance(value, DictConfig | ListConfig)
+                    else value
+                )
+                raise ConfigValueError(
+                    f"{key}.{name}={shown!r}: {target_name} expects {_describe(hint)}"
+                )
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -7,6 +7,7 @@ calls the same functions, so a requeued job and a hand-resubmitted one behave al
 """
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
+from staria.training import safe_loading
+
+log = logging.getLogger(__name__)
+
 FINISHED_MARKER = "finished.json"
+HISTORY_FILE = "checkpoint_history.json"
 WANDB_ID_FILE = "wandb_run_id"
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -50,30 +55,61 @@ def mark_finished(run_dir: Path, global_step: int) -> None:
     )
 
 
-def resume_point(run_dir: Path, checkpoint_dir: Path) -> ResumePoint:
-    """Newest loadable checkpoint: `last.ckpt` first, then the others newest first."""
+def written_checkpoints(checkpoint_dir: Path) -> set[str]:
+    """Names of the checkpoints the run's history says it wrote and has not removed."""
+    history = Path(checkpoint_dir) / HISTORY_FILE
+    if not history.is_file():
+        return set()
+    names: set[str] = set()
+    for event in json.loads(history.read_text()):
+        name = Path(event["path"]).name
+        if event["event"] == "written":
+            names.add(name)
+        elif event["event"] == "removed":
+            names.discard(name)
+    return names
+
+
+def resume_point(
+    run_dir: Path, checkpoint_dir: Path, allow_pickle_runs_code: bool = False
+) -> ResumePoint:
+    """Newest loadable checkpoint the run wrote: `last.ckpt` first, then the others newest
+    first. Files its history does not list are ignored with a warning, never opened."""
     if is_finished(run_dir):
         return ResumePoint(finished=True)
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return ResumePoint(finished=False)
-    candidates = sorted(
-        checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
+    written = written_checkpoints(checkpoint_dir)
+    candidates = []
+    for path in sorted(checkpoint_dir.glob("*.ckpt")):
+        if path.name in written:
+            candidates.append(path)
+        else:
+            log.warning(
+                "ignoring %s: not in this run's %s, so not resumed from", path, HISTORY_FILE
+            )
+    candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     candidates.sort(key=lambda p: p.name != LAST_CHECKPOINT)
     skipped = []
     for path in candidates:
-        reason = checkpoint_load_error(path)
+        reason = checkpoint_load_error(path, allow_pickle_runs_code)
         if reason is None:
             return ResumePoint(finished=False, checkpoint=path, skipped=skipped)
         skipped.append(UnloadableCheckpoint(path, reason))
     return ResumePoint(finished=False, skipped=skipped)
 
 
-def checkpoint_load_error(path: Path) -> str | None:
-    """Why `path` cannot be resumed from (truncated, not a checkpoint), or None if it loads."""
+def checkpoint_load_error(path: Path, allow_pickle_runs_code: bool = False) -> str | None:
+    """Why `path` cannot be resumed from (truncated, not a checkpoint), or None if it loads.
+
+    Loads as data only (`safe_loading`) unless `allow_pickle_runs_code`; a file that holds
+    more than data is an `UnsafeCheckpointError`, raised, not skipped.
+    """
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = safe_loading.load(path, allow_pickle_runs_code, map_location="cpu", mmap=True)
+    except safe_loading.UnsafeCheckpointError:
+        raise
     except Exception as error:  # any failure to read means: use the previous checkpoint
         return f"{type(error).__name__}: {error}"
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -82,14 +118,48 @@ def checkpoint_load_error(path: Path) -> str | None:
 
 
 def wandb_run_id(run_dir: Path) -> str:
-    """The run's W&B id, created once and stored so a resumed run logs to the same W&B run."""
+    """The run's stored W&B id, or a new one (`store_wandb_run_id` keeps it): a resumed run
+    logs to the same W&B run. Reads only."""
     id_file = Path(run_dir) / WANDB_ID_FILE
     if id_file.is_file():
         return id_file.read_text().strip()
-    run_id = uuid.uuid4().hex[:12]
-    id_file.parent.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(run_id)
-    return run_id
+    return uuid.uuid4().hex[:12]
+
+
+def store_wandb_run_id(run_dir: Path, run_id: str) -> None:
+    id_file = Path(run_dir) / WANDB_ID_FILE
+    if not id_file.is_file():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+
+
+# Settings a rerun may change: how it runs, records and prints, not what it trains. Keys whose
+# name ends in "dir" are locations (they follow the working folder), never compared either.
+RERUN_MAY_CHANGE = (
+    "print_config",
+    "train",
+    "test",
+    "allow_pickle_runs_code",
+    "run_id",
+    "paths",
+    "callbacks",
+    "logger",
+)
+
+
+def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: stored -> current` for each setting a rerun changed (resolved configs as dicts)."""
+    changes = []
+    for key in sorted(set(stored) | set(current), key=str):
+        full = f"{prefix}{key}"
+        if (not prefix and key in RERUN_MAY_CHANGE) or str(key).endswith("dir"):
+            continue
+        old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{full}.")
+        elif old != new:
+            changes.append(f"{full}: {old!r} -> {new!r}")
+    return changes
 
 
 def write_json_atomic(path: Path, content: Any) -> None:

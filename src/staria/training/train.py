@@ -18,9 +18,21 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 from staria.paths import REPO_ROOT
-from staria.training.config import check_no_missing, register_configs
+from staria.training import safe_loading
+from staria.training.config import (
+    ConfigValueError,
+    check_no_missing,
+    check_target_arguments,
+    register_configs,
+)
 from staria.training.preemption import PreemptionCheckpoint
-from staria.training.resume import mark_finished, resume_point, wandb_run_id
+from staria.training.resume import (
+    config_changes,
+    mark_finished,
+    resume_point,
+    store_wandb_run_id,
+    wandb_run_id,
+)
 from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)
@@ -40,49 +52,85 @@ def config_tree(cfg: DictConfig) -> Tree:
     return tree
 
 
-def instantiate_all(group: DictConfig | None) -> list:
+class RunConfigChangedError(ValueError):
+    """A rerun of a run folder whose command changed settings the run was started with."""
+
+
+def build(group: str, node: DictConfig | None, **kwargs):
+    """Instantiate one config group; any error names the group and keeps the cause's words."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ConfigValueError(f"in `{group}`: {type(cause).__name__}: {cause}") from error
+
+
+def instantiate_all(group: str, node: DictConfig | None) -> list:
     """Build every entry of a callbacks/logger group; an entry may build a list of objects."""
     built = []
-    for entry in (group or {}).values():
+    for name, entry in (node or {}).items():
         if entry is None:
             continue
-        obj = hydra.utils.instantiate(entry)
+        obj = build(f"{group}.{name}", entry)
         built.extend(obj if isinstance(obj, list) else [obj])
     return built
+
+
+def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a rerun whose settings differ from those the run folder was started with."""
+    stored_path = run_dir / RESOLVED_CONFIG
+    if not stored_path.is_file():
+        return
+    stored = OmegaConf.to_container(OmegaConf.load(stored_path), resolve=True)
+    changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
+    if changes:
+        raise RunConfigChangedError(
+            f"{run_dir} was started with other settings ({stored_path}); this command "
+            f"changes {len(changes)}: " + "; ".join(changes[:20]) + ". Nothing was written: "
+            "rerun with the stored settings, or start a new run (another `name=`)"
+        )
 
 
 @rank_zero_only
 def prepare_run_dir(cfg: DictConfig) -> None:
     """Store the W&B id (a resume logs to the same run) and the resolved config; print it."""
     run_dir = Path(cfg.paths.run_dir)
-    if cfg.run_id is None:
-        cfg.run_id = wandb_run_id(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store_wandb_run_id(run_dir, cfg.run_id)
     OmegaConf.save(cfg, run_dir / RESOLVED_CONFIG, resolve=True)
     if cfg.print_config:
         rich_print(config_tree(cfg))
 
 
 def train(cfg: DictConfig) -> pl.Trainer | None:
-    """Fit (resuming if the run folder has a checkpoint) and test; None if the run had finished."""
+    """Fit (resuming if the run folder has a checkpoint) and test; None if the run had finished.
+
+    Everything is checked and built before the run folder changes: a wrong key, type or value,
+    or settings that differ from the run's stored ones, fail with nothing written.
+    """
     check_no_missing(cfg)
+    check_target_arguments(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir))
+    if cfg.run_id is None:
+        cfg.run_id = wandb_run_id(run_dir)
+    check_unchanged(cfg, run_dir)
+    allow_pickle = cfg.allow_pickle_runs_code
+    point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir), allow_pickle)
     if point.finished:
         rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
         return None
     for skipped in point.skipped:
         log.warning("cannot resume from %s (%s); trying an older one", skipped.path, skipped.reason)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prepare_run_dir(cfg)
 
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    task = hydra.utils.instantiate(cfg.model)
+    datamodule = build("data", cfg.data)
+    task = build("model", cfg.model)
     if point.checkpoint is None and cfg.init_from:
-        task.init_from(cfg.init_from)
-    callbacks = instantiate_all(cfg.callbacks)
-    loggers = instantiate_all(cfg.logger)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        task.init_from(cfg.init_from, allow_pickle)
+    callbacks = instantiate_all("callbacks", cfg.callbacks)
+    loggers = instantiate_all("logger", cfg.logger)
+    trainer = build("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    prepare_run_dir(cfg)
     task.apply_stage()
     for logger in loggers:
         logger.log_hyperparams(
@@ -92,8 +140,14 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     if cfg.train:
         if point.checkpoint is not None:
             rank_zero_only(print)(f"resuming {run_dir} from {point.checkpoint}")
-        # The run's own checkpoints carry RNG states and config records: trusted, full unpickling.
-        trainer.fit(task, datamodule=datamodule, ckpt_path=point.checkpoint, weights_only=False)
+        # Checkpoints load as data (safe_loading) unless the run opted in to unpickling.
+        with safe_loading.safe_globals():
+            trainer.fit(
+                task,
+                datamodule=datamodule,
+                ckpt_path=point.checkpoint,
+                weights_only=not allow_pickle,
+            )
         preempted = any(isinstance(cb, PreemptionCheckpoint) and cb.preempted for cb in callbacks)
         if preempted:
             rank_zero_only(print)(f"preempted at step {trainer.global_step}; rerun to resume")

@@ -10,12 +10,15 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from staria.training import safe_loading
+from staria.training.safe_loading import plain
 from staria.training.stages import StageSchedule
 
 
@@ -68,6 +71,22 @@ def build_stage_schedule(stage: dict | None):
     return StageSchedule.from_config(stage)
 
 
+class OptimizerSettings(TypedDict):
+    """AdamW settings (`model.optimizer`)."""
+
+    lr: float
+    betas: list[float]
+    weight_decay: float
+
+
+class SchedulerSettings(TypedDict):
+    """Linear warm-up then cosine decay to `min_lr_ratio` x lr (`model.scheduler`), in steps."""
+
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float
+
+
 class TrainingTask(pl.LightningModule):
     """Base LightningModule; `net` is the model built from `conf/model/net`."""
 
@@ -76,8 +95,8 @@ class TrainingTask(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: dict,
-        scheduler: dict,
+        optimizer: OptimizerSettings,
+        scheduler: SchedulerSettings,
         stage: dict | None = None,
         compile: bool = False,
     ):
@@ -171,15 +190,22 @@ class TrainingTask(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate("test", batch)
 
-    def init_from(self, path: str | Path) -> None:
-        """Initialise `net` from a Lightning checkpoint or a state-dict file; not a resume."""
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every checkpoint is plain data, so it loads with `weights_only=True` (safe_loading)."""
+        checkpoint.update(plain(dict(checkpoint)))
+
+    def init_from(self, path: str | Path, allow_pickle_runs_code: bool = False) -> None:
+        """Initialise `net` from a Lightning checkpoint or a state-dict file; not a resume.
+
+        Safetensors, or `torch.load` as data only unless `allow_pickle_runs_code`.
+        """
         path = Path(path)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = safe_loading.load(path, allow_pickle_runs_code, map_location="cpu")
             if "state_dict" in state:
                 state = {
                     key.removeprefix("net."): value
