@@ -206,20 +206,50 @@ def check_target_arguments(cfg: DictConfig) -> None:
                     continue
                 choices = ", ".join(p for p in parameters if p != "self")
                 raise ConfigValueError(
-                    f"{key}.{name}: {target_name} has no argument {name!r} (it takes: {choices})"
+                    f"{_shown(node, name, f'{key}.{name}')}: {target_name} has no argument "
+                    f"{name!r} (it takes: {choices})"
                 )
-            value = node[name]
             hint = hints.get(name, parameters[name].annotation)
-            if not _fits(value, hint):
-                shown = (
-                    OmegaConf.to_container(value)
-                    if isinstance(value, DictConfig | ListConfig)
-                    else value
-                )
-                raise ConfigValueError(
-                    f"{key}.{name}={shown!r}: {target_name} expects {_describe(hint)}"
-                )
+            if typing.is_typeddict(hint) and isinstance(node[name], DictConfig):
+                _check_fields(node[name], hint, f"{key}.{name}")
+            elif not _fits(node[name], hint):
+                shown = _shown(node, name, f"{key}.{name}")
+                raise ConfigValueError(f"{shown}: {target_name} expects {_describe(hint)}")
+
+
+def _check_fields(node: DictConfig, settings: type, key: str) -> None:
+    """The keys of a settings dict (a TypedDict) against its fields and their types."""
+    fields = typing.get_type_hints(settings)
+    for name in node:
+        if name not in fields:
+            raise ConfigValueError(
+                f"{_shown(node, name, f'{key}.{name}')}: not a field of {settings.__name__} "
+                f"({', '.join(fields)})"
+            )
+        if not _fits(node[name], fields[name]):
+            raise ConfigValueError(
+                f"{_shown(node, name, f'{key}.{name}')}: {settings.__name__}.{name} expects "
+                f"{_describe(fields[name])}"
+            )
+
+
+def _shown(node: DictConfig, name: str, key: str) -> str:
+    """`key=value` as resolved, and where an interpolated value came from."""
+    value = node[name]
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    raw = node._get_node(name)._value()
+    source = f" (from {raw})" if isinstance(raw, str) and raw.startswith("${") else ""
+    return f"{key}={value!r}{source}"
 
 
 def _describe(hint: Any) -> str:
+    """A type hint in words: `int`, `one of 'a', 'b'`, `int or None`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arm) for arm in args))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if hint is type(None):
+        return "None"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
