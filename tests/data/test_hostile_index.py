@@ -22,6 +22,7 @@ from midi_oracle import (
     mutate_messages,
     tempo_dense_file,
 )
+from processes import descendants, gone_within, running
 
 from staria.data.isolation import WorkerLimits
 from staria.data.preprocess import SPLITS, IndexSettings, build_index, scan_midi_files
@@ -156,29 +157,6 @@ def test_two_runs_on_one_cache_folder_both_finish_with_the_same_index(tmp_path):
     assert sum(("reused index" in out) for out, _ in outputs) == 1
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_index_kills_its_workers(tmp_path):
     folder = tmp_path / "midi"
@@ -194,15 +172,12 @@ def test_killing_the_index_kills_its_workers(tmp_path):
     deadline = time.monotonic() + 120
     workers: set[int] = set()
     while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
-        workers = {pid for pid in _descendants(run.pid) if _running(pid)}
+        workers = {pid for pid in descendants(run.pid) if running(pid)}
         time.sleep(0.2)
     assert len(workers) >= 2, "the index never started its workers"
     run.send_signal(signal.SIGKILL)
     run.wait()
-    deadline = time.monotonic() + 30
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_running(pid) for pid in workers)
+    assert gone_within(workers, 30)
 
 
 @pytest.fixture

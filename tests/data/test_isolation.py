@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import gone_within, running
 
 from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
 
@@ -58,7 +59,7 @@ def test_closing_early_kills_the_workers():
     outcomes = map_isolated(_work, ["pid", "pid", "hang", "hang"], workers=2)
     pids = {next(outcomes)[1], next(outcomes)[1]}
     outcomes.close()
-    assert all(not _alive(pid) for pid in pids)
+    assert not any(running(pid) for pid in pids)
 
 
 _RUN_UNTIL_KILLED = """
@@ -72,15 +73,6 @@ for _ in outcomes:
 """
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
 def test_killing_the_parent_kills_its_workers():
     process = subprocess.Popen(
@@ -88,13 +80,10 @@ def test_killing_the_parent_kills_its_workers():
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        env={**os.environ, "PYTHONPATH": f"{Path(__file__).parent}:{Path(__file__).parents[1]}"},
     )
     workers = [int(pid) for pid in process.stdout.readline().split()]
-    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    assert len(workers) == 2 and all(running(pid) for pid in workers)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers)
+    assert gone_within(workers, 30)
