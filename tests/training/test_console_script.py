@@ -29,3 +29,24 @@ def test_console_script_trains_from_any_working_directory(tmp_path):
     run_dir = tmp_path / "runs" / "smoke" / "stage-none"
     assert json.loads((run_dir / FINISHED_MARKER).read_text())["global_step"] == 2
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_wrong_command_exits_non_zero_naming_the_key_and_writes_nothing(tmp_path):
+    env = {**os.environ, "STARIA_DATA_CACHE": str(tmp_path / "data_cache")}
+    for override, named in (
+        ("experiment=smok", "experiment/smok"),
+        ("trainer.max_steps=abc", "trainer.max_steps"),
+    ):
+        extra = [] if override.startswith("experiment") else ["experiment=smoke"]
+        run = subprocess.run(
+            [str(STARIA_TRAIN), *extra, override, "logger=none"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert run.returncode != 0, override
+        assert named in run.stdout + run.stderr, run.stderr[-3000:]
+        written = [p for p in tmp_path.glob("runs/**/*") if p.is_file()]
+        assert written == [], override  # Hydra may have made the (empty) folder, nothing more

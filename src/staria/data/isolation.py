@@ -156,6 +156,8 @@ def map_isolated(
     # forkserver's children keep their server, and so themselves, alive).
     context = multiprocessing.get_context("spawn")
     pending = deque(enumerate(items))
+    if not pending:
+        return
     pool = [
         _Worker(context, setup, function, limits.memory_mib)
         for _ in range(max(1, min(workers, len(pending))))

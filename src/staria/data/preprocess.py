@@ -36,6 +36,7 @@ MIDI_SUFFIXES = (".mid", ".midi")
 NO_SECTION = 255
 COMPLETE_MARKER = "COMPLETE"
 INDEX_FORMAT_VERSION = 2
+FILES_PER_WORKER = 64
 
 
 class IncompleteIndexError(RuntimeError):
@@ -356,7 +357,9 @@ def build_index(
             if chunk_id % num_shards == shard_index
             and not (work_dir / f"chunk-{chunk_id:06d}.json").is_file()
         ]
-        workers = min(workers or os.cpu_count() or 1, sum(len(paths) for _, paths in todo))
+        # A worker costs about a CPU-second to start: one per FILES_PER_WORKER files at most.
+        num_files = sum(len(paths) for _, paths in todo)
+        workers = min(workers or os.cpu_count() or 1, -(-num_files // FILES_PER_WORKER))
         limits = worker_limits or WorkerLimits()
         tokenized = _run_chunks(todo, work_dir, settings, workers, limits, progress)
         if num_shards > 1:
