@@ -59,11 +59,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def test_own_checkpoints_load_as_data(finished_run):
     for path in (finished_run / "checkpoints").glob("*.ckpt"):
-        checkpoint = safe_loading.load(path)
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+        checkpoint = torch.load(path, weights_only=True)  # plain torch.load, no allowlist
         assert checkpoint["global_step"] > 0 and checkpoint["state_dict"]
-        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        allowed = {f"{g.__module__}.{g.__name__}" for g in safe_loading.SAFE_GLOBALS}
-        assert unsafe <= allowed, unsafe - allowed
+        assert isinstance(checkpoint["datamodule_hyper_parameters"]["synthesis"], dict)
 
 
 def test_init_from_a_pickle_payload_is_refused_unless_opted_in(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from staria.training import safe_loading
@@ -172,11 +173,21 @@ def write_json_atomic(path: Path, content: Any) -> None:
 
 
 class RngStateCallback(pl.Callback):
-    """Lightning does not checkpoint RNG states; this puts torch/numpy/python RNG into each one."""
+    """Lightning does not checkpoint RNG states; this puts torch/numpy/python RNG into each one.
+
+    numpy's state is stored as a plain tuple (its 624 key words as a list), so a checkpoint
+    loads with plain `torch.load` (weights_only) and no allowlist.
+    """
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = _collect_rng_states()
+        states = _collect_rng_states()
+        name, keys, *rest = states["numpy"]
+        states["numpy"] = (name, keys.tolist(), *rest)
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
+            states = dict(checkpoint["rng_states"])
+            name, keys, *rest = states["numpy"]
+            states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), *rest)
+            _set_rng_states(states)
