@@ -106,6 +106,7 @@ def test_a_replaced_checkpoint_the_run_wrote_is_refused_not_unpickled(tmp_path):
         ("model._target_", "builtins.exec"),
         ("model.net._target_", "torch.load"),
         ("model.net.encoder._target_", "os.system"),
+        ("model.net.encoder._target_", "staria.models.decoder.torch.load"),  # through an import
         ("data._target_", "subprocess.run"),
     ],
 )

@@ -81,6 +81,20 @@ def _targets(node: object, key: str) -> Iterator[tuple[str, object]]:
             yield from _targets(node._get_node(index), f"{key}[{index}]")
 
 
+def _is_project_network(target: object) -> bool:
+    """Whether `target` names a class or function defined in `staria.models` (a path through a
+    module's imports, such as `staria.models.decoder.torch.load`, names something else)."""
+    if not isinstance(target, str) or not target.startswith(NET_TARGET_PREFIX):
+        return False
+    try:  # importing staria.models' own modules runs only the project's code
+        obj = hydra.utils.get_object(target)
+    except Exception:
+        return False
+    return (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__.startswith(
+        NET_TARGET_PREFIX
+    )
+
+
 def check_run_config(config: DictConfig, config_path: Path) -> None:
     """Refuse a run config whose `_target_`s are not the project's own task, network and data
     classes, before anything named there is imported or built (`CheckpointError`)."""
@@ -91,7 +105,7 @@ def check_run_config(config: DictConfig, config_path: Path) -> None:
         if key == "model._target_":
             allowed = target in TASK_TARGETS
         elif key.startswith("model.net."):
-            allowed = isinstance(target, str) and target.startswith(NET_TARGET_PREFIX)
+            allowed = _is_project_network(target)
         elif key == "data._target_":
             allowed = target in DATA_TARGETS
         else:
