@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from midi_oracle import case_folders, midi_file, mido_events, mido_file, raw_track_file
+from midi_oracle import FIXTURES, case_folders, midi_file, mido_events, mido_file, raw_track_file
 
 from staria.midi_events import MAX_VLQ_VALUE, read_events, write_events
 from staria.midi_io import (
     DRUM_FAMILY_INDEX,
     FAMILIES,
+    MS_BOUND,
+    AriaNotes,
     NoteTable,
     _aria_onsets_ms,
     _aria_spans_ms,
@@ -300,3 +302,107 @@ def test_flat_pedal_intervals_hold_notes_as_per_channel_tables_did():
         end = rng.integers(0, 1100, 50)
         args = (channel, end, pedal_tick, pedal_channel, pedal_down, 1100)
         assert _sustained_ends(*args).tolist() == _sustain_reference(*args).tolist(), trial
+
+
+def test_times_past_any_clock_are_clamped_and_refused_never_wrapped():
+    """Ticks x tempo can exceed int64 ms (2**62 ticks at 16.7 s per beat): the sums clamp to
+    MS_BOUND instead of wrapping negative, so the piece limit still sees them."""
+    start = np.array([0, 2**62], dtype=np.int64)
+    tempo_tick, tempo = np.zeros(1, np.int64), np.array([2**24 - 1])
+    assert _aria_onsets_ms(0, start, tempo_tick, tempo, 1).tolist() == [0, int(MS_BOUND)]
+    spans = _aria_spans_ms(start[:1], start[1:], tempo_tick, tempo, 1)
+    assert spans.tolist() == [int(MS_BOUND)]
+    huge = NoteTable(
+        np.zeros(2, np.int64), np.array([60, 62]), np.array([80, 80]), *([0.0, 0.0],) * 2
+    )
+    huge = AriaNotes(
+        huge.family, huge.pitch, huge.velocity, huge.start_ms, huge.end_ms,
+        onset_ms=np.array([0, int(MS_BOUND)]), duration_ms=np.array([10, 10]),
+        prefix_families=np.zeros(1, np.int64),
+    )  # fmt: skip
+    with pytest.raises(MidiReadError, match="exceeds the limits"):
+        MusicTokenizerWithStyle().fit_to_limits(huge, "huge")
+
+
+@pytest.mark.parametrize(
+    "source", ["a\x00b.mid", "/dev/zero", "/", "/nonexistent/piece.mid", 12345]
+)
+def test_a_path_that_is_no_readable_file_is_a_midi_read_error(source):
+    with pytest.raises(MidiReadError):
+        MusicTokenizerWithStyle().tokenize_ids(source)
+
+
+def test_bytes_like_inputs_read_as_bytes():
+    data = (FIXTURES / "midi" / "basic.mid").read_bytes()
+    tokenizer = MusicTokenizerWithStyle()
+    expected = tokenizer.tokenize_ids(data).tolist()
+    assert tokenizer.tokenize_ids(bytearray(data)).tolist() == expected
+    assert tokenizer.tokenize_ids(memoryview(data)).tolist() == expected
+
+
+_OUT_OF_MEMORY = """
+import resource, sys
+from staria.midi_io import MidiReadError
+from staria.tokenizer import MusicTokenizerWithStyle
+tokenizer = MusicTokenizerWithStyle()
+tokenizer.tokenize_ids(sys.argv[1])  # compile or load the compiled reader first
+pages = int(open("/proc/self/statm").read().split()[0])
+limit = pages * resource.getpagesize() + 64 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+data = b"MThd" + (6).to_bytes(4, "big") + bytes([0, 0, 0, 1, 1, 224])
+body = b"\\x00\\xc0\\x00" + b"\\x00\\x00" * 3_000_000 + b"\\x00\\xff\\x2f\\x00"
+data += b"MTrk" + len(body).to_bytes(4, "big") + body
+try:
+    tokenizer.tokenize_ids(data)
+except MidiReadError as error:
+    print("MidiReadError:", error.reason)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_running_out_of_memory_is_a_midi_read_error():
+    """3 M running-status program changes (6 MB) need ~150 MB of events: past a 64 MB cap."""
+    run = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_MEMORY, str(FIXTURES / "midi" / "basic.mid")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "MidiReadError: out of memory reading" in run.stdout
+
+
+_vocabulary_ids = st.lists(
+    st.one_of(
+        st.tuples(st.just("note"), st.integers(0, 11 * 128 * 13 - 1)),  # any pitched note id
+        st.tuples(st.just("drum"), st.integers(35, 81)),
+        st.tuples(st.just("time"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries=_vocabulary_ids, data=st.data())
+def test_any_generated_note_sequence_writes_and_reads_back_stably(tokenizer, entries, data):
+    """What a model may sample (velocity 0, duration 0 included) writes to MIDI and reads back;
+    after one normalising pass, writing and reading again is the identity."""
+    onset = st.integers(0, 499).map(lambda step: tokenizer.token_to_id[("onset", step * 10)])
+    duration = st.integers(0, 500).map(lambda step: tokenizer.token_to_id[("dur", step * 10)])
+    ids = [tokenizer.token_to_id[("prefix", "instrument", "piano")], tokenizer.bos_id]
+    for kind, value in entries:
+        if kind == "time":
+            ids.append(tokenizer.time_id)
+        elif kind == "drum":
+            ids += [tokenizer.token_to_id[("drum", value)], data.draw(onset)]
+        else:
+            ids += [tokenizer._note_base + value, data.draw(onset), data.draw(duration)]
+    ids.append(tokenizer.eos_id)
+    notes = tokenizer.ids_to_notes(np.array(ids))
+    if len(notes) == 0:
+        return
+    first = tokenizer.tokenize_ids(notes_to_midi_bytes(notes))
+    again = tokenizer.tokenize_ids(notes_to_midi_bytes(tokenizer.ids_to_notes(first)))
+    assert again.tolist() == first.tolist()
+    assert len(tokenizer.ids_to_notes(first)) == len(notes)  # no note lost on the way

@@ -116,17 +116,23 @@ class AriaNotes(NoteTable):
 
 
 def midi_bytes(midi: MidiSource) -> bytes:
-    """The file bytes of a path, bytes or PrettyMIDI input."""
-    if isinstance(midi, bytes):
-        return midi
+    """The file bytes of a path, bytes (or bytearray, memoryview) or PrettyMIDI input;
+    `MidiReadError` for a path that is not a readable regular file."""
+    if isinstance(midi, bytes | bytearray | memoryview):
+        return bytes(midi)
     if isinstance(midi, pretty_midi.PrettyMIDI):
         buffer = io.BytesIO()
         midi.write(buffer)
         return buffer.getvalue()
     try:
-        return Path(midi).read_bytes()
+        path = Path(midi)
+        if not path.is_file():  # a folder, a device (/dev/zero), a FIFO: nothing to read
+            raise MidiReadError(str(midi), "not a regular file")
+        return path.read_bytes()
     except OSError as error:
         raise MidiReadError(str(midi), f"cannot read file ({error.strerror})") from error
+    except (ValueError, TypeError) as error:  # a NUL byte in the path, not a path at all
+        raise MidiReadError(str(midi), f"not a file path ({error})") from error
 
 
 def ticks_to_ms(
@@ -244,6 +250,15 @@ def _sustained_ends(channel, end, pedal_tick, pedal_channel, pedal_down, final_t
     return held
 
 
+MS_BOUND = float(2**53)  # ms, 285,000 years: far past any limit, exact in float64 and int64
+
+
+@njit(cache=True)
+def _to_ms(seconds):
+    """Aria's rounding to integer ms, clamped to +-MS_BOUND so a huge time never wraps."""
+    return np.int64(np.rint(min(max(seconds * 1e3, -MS_BOUND), MS_BOUND)))
+
+
 @njit(cache=True)
 def _aria_onsets_ms(first_start, start, tempo_tick, tempo, ticks_per_beat):
     """Aria's rounded ms from `first_start` to each of `start`, bit for bit, in linear time.
@@ -270,7 +285,7 @@ def _aria_onsets_ms(first_start, start, tempo_tick, tempo, ticks_per_beat):
         seconds = prefix[segment]
         if segment < last or e > tempo_tick[last]:
             seconds += (e - segment_start) * scale[segment]
-        out[i] = np.int64(np.rint(seconds * 1e3))
+        out[i] = _to_ms(seconds)
     return out
 
 
@@ -310,7 +325,7 @@ def _aria_spans_ms(start, end, tempo_tick, tempo, ticks_per_beat):
             k = segment
         if k < last or e > tempo_tick[last]:
             seconds += (e - now) * scale[k]
-        out[i] = np.int64(np.rint(seconds * 1e3))
+        out[i] = _to_ms(seconds)
     return out
 
 
@@ -334,10 +349,19 @@ def _by_tick(events: MidiEvents, mask: np.ndarray) -> _Controls:
 
 
 def read_notes(midi: MidiSource) -> AriaNotes:
-    """Parse MIDI into `AriaNotes`; `MidiReadError` if unreadable or without kept notes."""
+    """Parse MIDI into `AriaNotes`; `MidiReadError` if unreadable or without kept notes, or if
+    reading it needs more memory than there is (about 60 bytes per byte of file at worst)."""
     name = source_name(midi)
+    data = midi_bytes(midi)
     try:
-        events = read_events(midi_bytes(midi))
+        return _read_notes(data, name)
+    except MemoryError as error:
+        raise MidiReadError(name, f"out of memory reading {len(data)} bytes") from error
+
+
+def _read_notes(data: bytes, name: str) -> AriaNotes:
+    try:
+        events = read_events(data)
     except MidiFormatError as error:
         raise MidiReadError(name, error.reason) from error
     notes = _pair_notes(

@@ -301,9 +301,14 @@ class MusicTokenizerWithStyle:
             ids[at] - self._drum_base + DRUM_PITCHES[0],
             note_index // self._velocity_levels % 128,
         )
-        velocity = np.where(drum, MAX_VELOCITY, note_index % self._velocity_levels * VELOCITY_STEP)
+        # Velocity 0 and duration 0 are in the vocabulary but never tokenized: written as is, a
+        # note-on of velocity 0 reads as a note-off, and a 0 ms note's off precedes its on.
+        level = note_index % self._velocity_levels
+        velocity = np.where(drum, MAX_VELOCITY, np.maximum(level * VELOCITY_STEP, 1))
         dur_ids = ids[np.minimum(at + 2, len(ids) - 1)]
-        duration = np.where(drum, DRUM_NOTE_MS, (dur_ids - self._dur_base) * TIME_STEP_MS)
+        duration = np.where(
+            drum, DRUM_NOTE_MS, np.maximum((dur_ids - self._dur_base) * TIME_STEP_MS, TIME_STEP_MS)
+        )
         return NoteTable(
             family,
             pitch,

@@ -138,10 +138,11 @@ def fingerprint(files: Sequence[Path], settings: IndexSettings) -> str:
     digest = hashlib.sha256(json.dumps([INDEX_FORMAT_VERSION, asdict(settings)]).encode())
     for path in files:
         stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # os.fsencode: any file name, also one that is not valid UTF-8
+        digest.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         label = labels_path(path)
         if settings.use_labels and label.is_file():
-            digest.update(f"{label}\0{label.stat().st_mtime_ns}\n".encode())
+            digest.update(os.fsencode(label) + f"\0{label.stat().st_mtime_ns}\n".encode())
     return digest.hexdigest()[:12]
 
 

@@ -118,9 +118,16 @@ def check_run_config(config: DictConfig, config_path: Path) -> None:
 
 
 def read_run_config(config_path: str | Path) -> DictConfig:
-    """A run's resolved `config.yaml`, its targets checked (`check_run_config`)."""
+    """A run's `config.yaml` with every interpolation resolved (so what is checked is what is
+    built), its targets checked (`check_run_config`)."""
     config_path = Path(config_path)
-    config = OmegaConf.load(config_path)
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    except Exception as error:
+        raise CheckpointError(f"{config_path}: not a readable run config ({error})") from error
+    if not isinstance(resolved, dict):
+        raise CheckpointError(f"{config_path}: not a run config (a mapping of settings)")
+    config = OmegaConf.create(resolved)
     check_run_config(config, config_path)
     return config
 

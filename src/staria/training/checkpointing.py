@@ -68,6 +68,11 @@ def setup_checkpointing(
 
     Also returns the callback that stores RNG states in every checkpoint, which resume needs.
     """
+    if save_top_k < 0 or last_every_n_steps < 1:
+        raise ValueError(
+            f"save_top_k={save_top_k} must be at least 0 and last_every_n_steps="
+            f"{last_every_n_steps} at least 1"
+        )
     history = CheckpointHistory(Path(checkpoint_dir))
     best = RecordedModelCheckpoint(
         history,

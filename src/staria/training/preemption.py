@@ -27,6 +27,9 @@ class PreemptionCheckpoint(pl.Callback):
         self, checkpoint_dir: str | Path, signals: tuple[str, ...] = ("SIGUSR2", "SIGTERM")
     ):
         self.checkpoint_dir = Path(checkpoint_dir)
+        unknown = [name for name in signals if name not in signal.Signals.__members__]
+        if unknown:
+            raise ValueError(f"signals={list(signals)}: {unknown} are not signal names")
         self.signals = [signal.Signals[name] for name in signals]
         self.signal_received: signal.Signals | None = None
         self.preempted = False

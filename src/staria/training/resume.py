@@ -61,8 +61,14 @@ def written_checkpoints(checkpoint_dir: Path) -> set[str]:
     history = Path(checkpoint_dir) / HISTORY_FILE
     if not history.is_file():
         return set()
+    try:
+        events = json.loads(history.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{history}: damaged ({error}); resume trusts only what it lists"
+        ) from None
     names: set[str] = set()
-    for event in json.loads(history.read_text()):
+    for event in events:
         name = Path(event["path"]).name
         if event["event"] == "written":
             names.add(name)

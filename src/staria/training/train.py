@@ -56,6 +56,10 @@ class RunConfigChangedError(ValueError):
     """A rerun of a run folder whose command changed settings the run was started with."""
 
 
+class ForeignCheckpointError(RuntimeError):
+    """A checkpoint in the run folder that the run did not write and Lightning would load."""
+
+
 def build(group: str, node: DictConfig | None, **kwargs):
     """Instantiate one config group; any error names the group and keeps the cause's words."""
     try:
@@ -91,6 +95,17 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
+def refuse_foreign_checkpoints(folder: Path) -> None:
+    """Stop if `folder` holds Lightning "HPC" checkpoints: Staria never writes them, and under
+    SLURM Lightning would resume from one when no checkpoint path is given."""
+    foreign = sorted(folder.glob("hpc_ckpt_*.ckpt"))
+    if foreign:
+        raise ForeignCheckpointError(
+            f"{foreign[0]}: a checkpoint this run did not write, which Lightning would resume "
+            "from under SLURM; move it away (resume reads only checkpoints in the history)"
+        )
+
+
 @rank_zero_only
 def prepare_run_dir(cfg: DictConfig) -> None:
     """Store the W&B id (a resume logs to the same run) and the resolved config; print it."""
@@ -113,23 +128,26 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     run_dir = Path(cfg.paths.run_dir)
     if cfg.run_id is None:
         cfg.run_id = wandb_run_id(run_dir)
-    check_unchanged(cfg, run_dir)
     allow_pickle = cfg.allow_pickle_runs_code
     point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir), allow_pickle)
-    if point.finished:
-        rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
-        return None
+    if point.finished or point.checkpoint is not None:
+        check_unchanged(cfg, run_dir)  # a run with progress keeps its settings
     for skipped in point.skipped:
         log.warning("cannot resume from %s (%s); trying an older one", skipped.path, skipped.reason)
 
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build("data", cfg.data)
     task = build("model", cfg.model)
-    if point.checkpoint is None and cfg.init_from:
-        task.init_from(cfg.init_from, allow_pickle)
     callbacks = instantiate_all("callbacks", cfg.callbacks)
     loggers = instantiate_all("logger", cfg.logger)
     trainer = build("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if point.finished:  # checked above like any command, so a wrong one still fails
+        rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
+        return None
+    if point.checkpoint is None:
+        refuse_foreign_checkpoints(Path(trainer.default_root_dir))
+        if cfg.init_from:
+            task.init_from(cfg.init_from, allow_pickle)
     prepare_run_dir(cfg)
     task.apply_stage()
     for logger in loggers:
