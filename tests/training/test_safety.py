@@ -149,6 +149,23 @@ def test_a_lightning_hpc_checkpoint_in_the_run_folder_is_refused(tmp_path, monke
     assert _snapshot(run_dir) == before and not marker.exists()
 
 
+def test_an_escaped_interpolation_cannot_come_alive_when_the_net_is_built(finished_run, tmp_path):
+    """`\\${oc.create:{_target_: ...}}` resolves to text that Hydra would read as a live
+    interpolation while building: refused, and nothing runs."""
+    run_dir = tmp_path / "shared_run"
+    shutil.copytree(finished_run, run_dir)
+    marker = tmp_path / "ran"
+    text = (run_dir / "config.yaml").read_text()
+    payload = f"'\\${{oc.create:{{_target_: pathlib.Path.touch, _args_: [{marker}]}}}}'"
+    text = text.replace(
+        "activation_checkpointing: false", f"activation_checkpointing: {payload}", 1
+    )
+    (run_dir / "config.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="holds an interpolation"):
+        load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert not marker.exists()
+
+
 def test_an_older_pickled_checkpoint_needs_the_opt_in(finished_run, tmp_path):
     """A checkpoint holding config objects (as Staria's were) is refused with the way out."""
     run_dir = tmp_path / "old_run"

@@ -95,6 +95,18 @@ def _is_project_network(target: object) -> bool:
     )
 
 
+def _leaves(node: object, key: str) -> Iterator[tuple[str, object]]:
+    """(full key, value) of every leaf of a plain container."""
+    if isinstance(node, dict):
+        for child, value in node.items():
+            yield from _leaves(value, f"{key}.{child}" if key else str(child))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _leaves(value, f"{key}[{index}]")
+    else:
+        yield key, node
+
+
 def check_run_config(config: DictConfig, config_path: Path) -> None:
     """Refuse a run config whose `_target_`s are not the project's own task, network and data
     classes, before anything named there is imported or built (`CheckpointError`)."""
@@ -127,6 +139,11 @@ def read_run_config(config_path: str | Path) -> DictConfig:
         raise CheckpointError(f"{config_path}: not a readable run config ({error})") from error
     if not isinstance(resolved, dict):
         raise CheckpointError(f"{config_path}: not a run config (a mapping of settings)")
+    for key, value in _leaves(resolved, ""):
+        # An escaped `\${...}` resolves to text that building would read as an interpolation
+        # again (`${oc.create:{_target_: ...}}`): a resolved run config holds none.
+        if isinstance(value, str) and "${" in value:
+            raise CheckpointError(f"{config_path}: {key}={value!r} holds an interpolation")
     config = OmegaConf.create(resolved)
     check_run_config(config, config_path)
     return config
