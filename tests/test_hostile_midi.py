@@ -18,6 +18,7 @@ from staria.midi_events import MAX_VLQ_VALUE, read_events, write_events
 from staria.midi_io import (
     DRUM_FAMILY_INDEX,
     FAMILIES,
+    MAX_FILE_BYTES,
     MS_BOUND,
     AriaNotes,
     NoteTable,
@@ -330,6 +331,14 @@ def test_times_past_any_clock_are_clamped_and_refused_never_wrapped():
 def test_a_path_that_is_no_readable_file_is_a_midi_read_error(source):
     with pytest.raises(MidiReadError):
         MusicTokenizerWithStyle().tokenize_ids(source)
+
+
+def test_a_file_too_large_for_midi_is_refused_before_it_is_read(tmp_path):
+    sparse = tmp_path / "sparse.mid"
+    with open(sparse, "wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)  # no blocks written: costs nothing to make
+    with pytest.raises(MidiReadError, match=f"over {MAX_FILE_BYTES}"):
+        MusicTokenizerWithStyle().tokenize_ids(sparse)
 
 
 def test_bytes_like_inputs_read_as_bytes():

@@ -97,7 +97,9 @@ def source_name(midi: MidiSource) -> str:
     """How error messages name an input that may not have a path."""
     if isinstance(midi, (str, Path)):
         return str(midi)
-    return "<bytes>" if isinstance(midi, bytes) else "<PrettyMIDI>"
+    if isinstance(midi, bytes | bytearray | memoryview):
+        return "<bytes>"
+    return "<PrettyMIDI>" if isinstance(midi, pretty_midi.PrettyMIDI) else repr(midi)
 
 
 @dataclass(frozen=True)
@@ -115,24 +117,37 @@ class AriaNotes(NoteTable):
     prefix_families: np.ndarray
 
 
+MAX_FILE_BYTES = 64 * 2**20  # real MIDI files stay below a few MB; reading costs ~60x in memory
+
+
 def midi_bytes(midi: MidiSource) -> bytes:
     """The file bytes of a path, bytes (or bytearray, memoryview) or PrettyMIDI input;
-    `MidiReadError` for a path that is not a readable regular file."""
+    `MidiReadError` for a path that is not a readable regular file, or one larger than
+    `MAX_FILE_BYTES` (checked before reading)."""
     if isinstance(midi, bytes | bytearray | memoryview):
-        return bytes(midi)
-    if isinstance(midi, pretty_midi.PrettyMIDI):
+        data = bytes(midi)
+    elif isinstance(midi, pretty_midi.PrettyMIDI):
         buffer = io.BytesIO()
         midi.write(buffer)
-        return buffer.getvalue()
-    try:
-        path = Path(midi)
-        if not path.is_file():  # a folder, a device (/dev/zero), a FIFO: nothing to read
-            raise MidiReadError(str(midi), "not a regular file")
-        return path.read_bytes()
-    except OSError as error:
-        raise MidiReadError(str(midi), f"cannot read file ({error.strerror})") from error
-    except (ValueError, TypeError) as error:  # a NUL byte in the path, not a path at all
-        raise MidiReadError(str(midi), f"not a file path ({error})") from error
+        data = buffer.getvalue()
+    else:
+        try:
+            path = Path(midi)
+            if not path.is_file():  # a folder, a device (/dev/zero), a FIFO: nothing to read
+                raise MidiReadError(str(midi), "not a regular file")
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise MidiReadError(
+                    str(midi), f"{size} bytes, over {MAX_FILE_BYTES} for a MIDI file"
+                )
+            data = path.read_bytes()
+        except OSError as error:
+            raise MidiReadError(str(midi), f"cannot read file ({error.strerror})") from error
+        except (ValueError, TypeError) as error:  # a NUL byte in the path, not a path at all
+            raise MidiReadError(str(midi), f"not a file path ({error})") from error
+    if len(data) > MAX_FILE_BYTES:
+        raise MidiReadError(source_name(midi), f"{len(data)} bytes, over {MAX_FILE_BYTES}")
+    return data
 
 
 def ticks_to_ms(

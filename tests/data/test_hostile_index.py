@@ -104,6 +104,61 @@ def test_files_over_a_worker_limit_are_skipped_with_the_reason_and_not_retried(t
     assert again.reused and again.tokenized_files == 0
 
 
+def test_a_file_changed_while_indexing_does_not_stop_the_run(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for index in range(4):
+        shutil.copy(FIXTURES / "midi" / "waltz.mid", folder / f"piece_{index}.mid")
+    touched = folder / "piece_0.mid"
+
+    def touch_after_each_chunk(count: int) -> None:
+        touched.write_bytes(touched.read_bytes())  # new mtime: the inputs changed
+        (folder / f"new_{count}_{time.monotonic_ns()}.mid").write_bytes(b"not yet indexed")
+
+    settings = IndexSettings(name="changing")
+    result = build_index(
+        [folder], tmp_path / "cache", settings, workers=1, chunk_size=2,
+        progress=touch_after_each_chunk,
+    )  # fmt: skip
+    assert sum(result.counts.values()) + len(json.loads(result.report_path.read_text())[
+        "duplicates"]) == 4  # fmt: skip
+
+
+def test_folders_that_cannot_be_listed_are_skipped_not_fatal(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "midi" / "basic.mid", folder)
+    # A chain of folders whose full path outgrows PATH_MAX (4096): listing its bottom fails.
+    fd = os.open(folder, os.O_RDONLY)
+    for _ in range(20):
+        os.mkdir("d" * 250, dir_fd=fd)
+        child = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    settings = IndexSettings(name="deep", val_fraction=0, test_fraction=0)
+    result = build_index([folder], tmp_path / "cache", settings, workers=1)
+    assert result.counts["train"] == 1
+
+
+def test_cli_names_a_missing_source_and_prints_any_cache_path(tmp_path):
+    missing = subprocess.run(
+        [*STARIA_DATA, "index", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "nowhere is neither a file nor a folder" in missing.stderr
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "midi" / "basic.mid", folder)
+    odd = subprocess.run(
+        [*STARIA_DATA, "index", str(folder), "--cache-dir", str(tmp_path / "cache[/]")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert odd.returncode == 0, odd.stderr[-2000:]
+    assert "cache[/]" in odd.stdout
+
+
 def test_crop_keeps_long_pieces_cropped_and_the_report_says_which(tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()

@@ -20,7 +20,7 @@ from training.runs import smoke
 from staria.generation.checkpoint import CheckpointError, load_checkpoint
 from staria.training import safe_loading
 from staria.training.safe_loading import UnsafeCheckpointError
-from staria.training.train import ForeignCheckpointError, train
+from staria.training.train import ForeignCheckpointError, RunConfigChangedError, train
 
 
 class _Payload:
@@ -166,6 +166,55 @@ def test_an_escaped_interpolation_cannot_come_alive_when_the_net_is_built(finish
     assert not marker.exists()
 
 
+@pytest.fixture
+def unfinished_run(finished_run, tmp_path) -> Path:
+    """A copy of the finished run that a rerun resumes (its checkpoints, no finished.json)."""
+    run_dir = tmp_path / "unfinished"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "finished.json").unlink()
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "paths.checkpoint_dir={run}/elsewhere",  # a fresh checkpoint folder: no checkpoint found
+        "corrupt",  # every checkpoint the history lists unloadable
+    ],
+)
+def test_changed_settings_are_refused_however_resume_fares(unfinished_run, escape):
+    overrides = ["model.optimizer.lr=0.1"]
+    if escape == "corrupt":
+        for path in (unfinished_run / "checkpoints").glob("*.ckpt"):
+            path.write_bytes(b"not a checkpoint")
+    else:
+        overrides.append(escape.format(run=unfinished_run))
+    before = _snapshot(unfinished_run)
+    with pytest.raises(RunConfigChangedError, match=r"model\.optimizer\.lr: 0\.0003 -> 0\.1"):
+        train(smoke(unfinished_run, *overrides))
+    assert _snapshot(unfinished_run) == before
+
+
+def test_a_refused_rerun_logs_nothing_into_the_run_folder(unfinished_run):
+    shutil.copy(
+        unfinished_run / "checkpoints" / "last.ckpt", unfinished_run / "checkpoints" / "x.ckpt"
+    )
+    before = _snapshot(unfinished_run)
+    with pytest.raises(RunConfigChangedError):
+        train(smoke(unfinished_run, "model.optimizer.lr=0.1"))
+    assert _snapshot(unfinished_run) == before
+
+
+def test_an_hpc_checkpoint_is_refused_on_resume_too(unfinished_run, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    shutil.copy(unfinished_run / "checkpoints" / "last.ckpt", unfinished_run / "hpc_ckpt_1.ckpt")
+    before = _snapshot(unfinished_run)
+    with pytest.raises(ForeignCheckpointError):
+        train(smoke(unfinished_run, "test=true"))
+    assert _snapshot(unfinished_run) == before
+
+
 def test_an_older_pickled_checkpoint_needs_the_opt_in(finished_run, tmp_path):
     """A checkpoint holding config objects (as Staria's were) is refused with the way out."""
     run_dir = tmp_path / "old_run"
@@ -204,6 +253,9 @@ WRONG_OVERRIDES = [
     "init_from=/nowhere/weights.pt",
     "callbacks.preemption.signals=[SIGFOO]",
     "callbacks.checkpointing.last_every_n_steps=-5",
+    "model.optimizer.lr=-1",
+    "model.optimizer.betas=[0.9]",
+    "model.scheduler.min_lr_ratio=nan",
 ]
 
 

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         _run(args, Console())
+    except FileNotFoundError as error:
+        raise SystemExit(f"staria-data: {error}") from error
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -212,13 +214,14 @@ def _print_summary(console: Console, result: IndexResult, cache_dir: Path) -> No
     """Pieces per split, then how many files were skipped, duplicated and cropped, and where
     the report lists each one with its reason."""
     verb = "reused" if result.reused else "wrote"
-    console.print(f"{verb} index {result.fingerprint} in {cache_dir}:")
+    console.print(f"{verb} index {result.fingerprint} in {cache_dir}:", markup=False)
     for split, folder in result.split_dirs.items():
-        console.print(f"  {split}: {result.counts[split]} pieces -> {folder}")
+        console.print(f"  {split}: {result.counts[split]} pieces -> {folder}", markup=False)
     report = json.loads(result.report_path.read_text())
     console.print(
         f"  {sum(result.counts.values())} of {report['files_found']} files indexed, "
         f"{len(report['skipped'])} skipped, {len(report['duplicates'])} duplicates, "
         f"{len(report.get('cropped', []))} cropped; each with its reason in {result.report_path}",
         highlight=False,
+        markup=False,
     )

@@ -16,6 +16,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -36,6 +37,7 @@ MIDI_SUFFIXES = (".mid", ".midi")
 NO_SECTION = 255
 COMPLETE_MARKER = "COMPLETE"
 INDEX_FORMAT_VERSION = 2
+log = logging.getLogger(__name__)
 FILES_PER_WORKER = 64
 
 
@@ -116,28 +118,54 @@ class LabelledSequence:
 
 
 def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]:
-    """Sorted MIDI files under the given folders (or the files themselves); first `limit` if > 0."""
+    """Sorted MIDI files under the given folders (or the files themselves); first `limit` if > 0.
+
+    A folder that cannot be listed (permissions, a path too long) is logged and skipped; a
+    source that is neither a file nor a folder is a `FileNotFoundError` naming it.
+    """
     files: set[Path] = set()
     for source in map(Path, sources):
         if source.is_file():
             files.add(source.resolve())
         elif source.is_dir():
-            files.update(
-                path.resolve()
-                for path in source.rglob("*")
-                if path.suffix.lower() in MIDI_SUFFIXES and path.is_file()
-            )
+            seen: set[tuple[int, int]] = set()  # folders by (device, inode): links loop
+            for folder, subfolders, names in os.walk(source, onerror=_unlisted, followlinks=True):
+                try:
+                    identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+                except OSError as error:
+                    _unlisted(error)
+                    subfolders.clear()
+                    continue
+                if identity in seen:
+                    subfolders.clear()
+                    continue
+                seen.add(identity)
+                for name in names:
+                    path = Path(folder) / name
+                    try:
+                        if path.suffix.lower() in MIDI_SUFFIXES and path.is_file():
+                            files.add(path.resolve())
+                    except OSError as error:
+                        _unlisted(error)
         else:
             raise FileNotFoundError(f"MIDI source {source} is neither a file nor a folder")
     ordered = sorted(files)
     return ordered[:limit] if limit > 0 else ordered
 
 
+def _unlisted(error: OSError) -> None:
+    log.warning("skipping %s: %s", error.filename, error.strerror)
+
+
 def fingerprint(files: Sequence[Path], settings: IndexSettings) -> str:
     """Hash of the file list (paths, sizes, mtimes, labels) and settings: the cache's identity."""
     digest = hashlib.sha256(json.dumps([INDEX_FORMAT_VERSION, asdict(settings)]).encode())
     for path in files:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:  # gone since the scan: its worker will say so in the report
+            digest.update(os.fsencode(path) + b"\0gone\n")
+            continue
         # os.fsencode: any file name, also one that is not valid UTF-8
         digest.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         label = labels_path(path)
@@ -365,7 +393,9 @@ def build_index(
         tokenized = _run_chunks(todo, work_dir, settings, workers, limits, progress)
         if num_shards > 1:
             return None
-        result = merge_index(sources, cache_root, settings)
+        # The key this run tokenized for, not a rescan: files that change meanwhile are next
+        # run's inputs (their chunks hold what was read).
+        result = _merge(cache_root, settings, key, len(files))
         result.tokenized_files = tokenized
         return result
 
@@ -395,9 +425,12 @@ def merge_index(
     Streams chunk by chunk into preallocated memory-mapped arrays, so memory stays bounded by
     one chunk however many files there are.
     """
-    cache_root = Path(cache_root)
     files = scan_midi_files(sources, settings.limit)
-    key = fingerprint(files, settings)
+    return _merge(Path(cache_root), settings, fingerprint(files, settings), len(files))
+
+
+def _merge(cache_root: Path, settings: IndexSettings, key: str, num_files: int) -> IndexResult:
+    """Merge the chunks of the cache named `key`, once, under the merge lock."""
     stem = cache_stem(settings, key)
     work_dir = cache_root / f".work_{stem}"
     split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
@@ -406,7 +439,7 @@ def merge_index(
         found = _complete_index(cache_root, stem, key)
         if found is not None:  # a concurrent run merged while this one waited
             return found
-        return _merge_chunks(work_dir, split_dirs, report_path, settings, key, len(files))
+        return _merge_chunks(work_dir, split_dirs, report_path, settings, key, num_files)
 
 
 def _merge_chunks(
@@ -419,7 +452,10 @@ def _merge_chunks(
 ) -> IndexResult:
     plan_path = work_dir / "plan.json"
     if not plan_path.is_file():
-        raise IncompleteIndexError(f"{work_dir}: no shard has started; run `staria-data index`")
+        raise IncompleteIndexError(
+            f"{work_dir}: no shard has started for these inputs (files changed since the "
+            "shards ran give another fingerprint); run `staria-data index`"
+        )
     num_chunks = json.loads(plan_path.read_text())["num_chunks"]
     chunk_stems = [work_dir / f"chunk-{i:06d}" for i in range(num_chunks)]
     missing = [s.name for s in chunk_stems if not s.with_suffix(".json").is_file()]

@@ -43,6 +43,7 @@ class ResumePoint:
     finished: bool
     checkpoint: Path | None = None
     skipped: list[UnloadableCheckpoint] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)  # .ckpt files absent from the history
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -81,30 +82,35 @@ def resume_point(
     run_dir: Path, checkpoint_dir: Path, allow_pickle_runs_code: bool = False
 ) -> ResumePoint:
     """Newest loadable checkpoint the run wrote: `last.ckpt` first, then the others newest
-    first. Files its history does not list are ignored with a warning, never opened."""
+    first. Files its history does not list are ignored (`ignored`), never opened. Logs
+    nothing: the caller reports once the run folder may change."""
     if is_finished(run_dir):
         return ResumePoint(finished=True)
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return ResumePoint(finished=False)
     written = written_checkpoints(checkpoint_dir)
-    candidates = []
+    candidates, ignored = [], []
     for path in sorted(checkpoint_dir.glob("*.ckpt")):
-        if path.name in written:
-            candidates.append(path)
-        else:
-            log.warning(
-                "ignoring %s: not in this run's %s, so not resumed from", path, HISTORY_FILE
-            )
+        (candidates if path.name in written else ignored).append(path)
     candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     candidates.sort(key=lambda p: p.name != LAST_CHECKPOINT)
     skipped = []
     for path in candidates:
         reason = checkpoint_load_error(path, allow_pickle_runs_code)
         if reason is None:
-            return ResumePoint(finished=False, checkpoint=path, skipped=skipped)
+            return ResumePoint(False, path, skipped, ignored)
         skipped.append(UnloadableCheckpoint(path, reason))
-    return ResumePoint(finished=False, skipped=skipped)
+    return ResumePoint(False, None, skipped, ignored)
+
+
+def has_progress(run_dir: Path, stored_checkpoint_dir: Path | None) -> bool:
+    """Whether the run folder holds training the run's stored settings produced: it finished,
+    or its checkpoint history (where its stored config put it) lists a checkpoint."""
+    folders = {Path(run_dir) / "checkpoints"}
+    if stored_checkpoint_dir is not None:
+        folders.add(Path(stored_checkpoint_dir))
+    return is_finished(run_dir) or any((folder / HISTORY_FILE).is_file() for folder in folders)
 
 
 def checkpoint_load_error(path: Path, allow_pickle_runs_code: bool = False) -> str | None:

@@ -4,7 +4,9 @@ Running the same command twice is safe: the run folder (`paths.run_dir`) decides
 resumes, starts fresh, or does nothing because the run finished (`resume.resume_point`).
 """
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -28,6 +30,7 @@ from staria.training.config import (
 from staria.training.preemption import PreemptionCheckpoint
 from staria.training.resume import (
     config_changes,
+    has_progress,
     mark_finished,
     resume_point,
     store_wandb_run_id,
@@ -37,6 +40,7 @@ from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)
 RESOLVED_CONFIG = "config.yaml"
+TRAIN_LOG = "train.log"
 # Absolute, so the installed console script finds it from any working directory.
 CONFIG_DIR = str(REPO_ROOT / "conf")
 
@@ -81,11 +85,15 @@ def instantiate_all(group: str, node: DictConfig | None) -> list:
 
 
 def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse a rerun whose settings differ from those the run folder was started with."""
+    """Refuse a rerun whose settings differ from those a run with progress was started with
+    (`resume.has_progress`, judged by the stored settings, which a command cannot move)."""
     stored_path = run_dir / RESOLVED_CONFIG
     if not stored_path.is_file():
         return
     stored = OmegaConf.to_container(OmegaConf.load(stored_path), resolve=True)
+    stored_checkpoints = stored.get("paths", {}).get("checkpoint_dir")
+    if not has_progress(run_dir, stored_checkpoints):
+        return  # an earlier attempt that never saved: new settings may replace it
     changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
     if changes:
         raise RunConfigChangedError(
@@ -93,6 +101,23 @@ def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
             f"changes {len(changes)}: " + "; ".join(changes[:20]) + ". Nothing was written: "
             "rerun with the stored settings, or start a new run (another `name=`)"
         )
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Also log to `<run_dir>/train.log` (rank zero), from when the run folder may change."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    handler = logging.FileHandler(run_dir / TRAIN_LOG)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def refuse_foreign_checkpoints(folder: Path) -> None:
@@ -128,14 +153,11 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     run_dir = Path(cfg.paths.run_dir)
     if cfg.run_id is None:
         cfg.run_id = wandb_run_id(run_dir)
+    check_unchanged(cfg, run_dir)
     allow_pickle = cfg.allow_pickle_runs_code
     point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir), allow_pickle)
-    if point.finished or point.checkpoint is not None:
-        check_unchanged(cfg, run_dir)  # a run with progress keeps its settings
-    for skipped in point.skipped:
-        log.warning("cannot resume from %s (%s); trying an older one", skipped.path, skipped.reason)
 
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build("data", cfg.data)
     task = build("model", cfg.model)
     callbacks = instantiate_all("callbacks", cfg.callbacks)
@@ -144,11 +166,21 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     if point.finished:  # checked above like any command, so a wrong one still fails
         rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
         return None
-    if point.checkpoint is None:
-        refuse_foreign_checkpoints(Path(trainer.default_root_dir))
-        if cfg.init_from:
-            task.init_from(cfg.init_from, allow_pickle)
+    refuse_foreign_checkpoints(Path(trainer.default_root_dir))
+    if point.checkpoint is None and cfg.init_from:
+        task.init_from(cfg.init_from, allow_pickle)
     prepare_run_dir(cfg)
+    with run_log(run_dir):
+        return _fit(cfg, point, task, datamodule, trainer, callbacks, loggers)
+
+
+def _fit(cfg, point, task, datamodule, trainer, callbacks, loggers) -> pl.Trainer:
+    """Everything after the run folder may change: report, fit (or resume), test."""
+    run_dir = Path(cfg.paths.run_dir)
+    for path in point.ignored:
+        log.warning("ignoring %s: not in this run's checkpoint history, never resumed from", path)
+    for skipped in point.skipped:
+        log.warning("cannot resume from %s (%s); trying an older one", skipped.path, skipped.reason)
     task.apply_stage()
     for logger in loggers:
         logger.log_hyperparams(
@@ -164,7 +196,7 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
                 task,
                 datamodule=datamodule,
                 ckpt_path=point.checkpoint,
-                weights_only=not allow_pickle,
+                weights_only=not cfg.allow_pickle_runs_code,
             )
         preempted = any(isinstance(cb, PreemptionCheckpoint) and cb.preempted for cb in callbacks)
         if preempted:

@@ -87,6 +87,42 @@ class SchedulerSettings(TypedDict):
     min_lr_ratio: float
 
 
+def check_settings(optimizer: OptimizerSettings, scheduler: SchedulerSettings) -> None:
+    """Values AdamW and the schedule can use, named when not: `ValueError` at build time,
+    not a crash (or NaN weights) mid-run."""
+    missing = [
+        f"{group}.{name}"
+        for group, settings, kind in (
+            ("optimizer", optimizer, OptimizerSettings),
+            ("scheduler", scheduler, SchedulerSettings),
+        )
+        for name in kind.__annotations__
+        if name not in settings
+    ]
+    if missing:
+        raise ValueError(f"missing settings: {', '.join(missing)}")
+    betas = list(optimizer["betas"])
+    checks = {
+        f"optimizer.lr={optimizer['lr']}": 0 < optimizer["lr"] < math.inf,
+        f"optimizer.betas={betas}": len(betas) == 2 and all(0 <= b < 1 for b in betas),
+        f"optimizer.weight_decay={optimizer['weight_decay']}": (
+            0 <= optimizer["weight_decay"] < math.inf
+        ),
+        f"scheduler.warmup_steps={scheduler['warmup_steps']}": scheduler["warmup_steps"] >= 0,
+        f"scheduler.total_steps={scheduler['total_steps']}": scheduler["total_steps"] > 0,
+        f"scheduler.min_lr_ratio={scheduler['min_lr_ratio']}": (
+            0 <= scheduler["min_lr_ratio"] <= 1
+        ),
+    }
+    wrong = [setting for setting, ok in checks.items() if not ok]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)}: outside what the optimizer and schedule take (lr > 0, two "
+            "betas in [0, 1), weight_decay >= 0, warmup_steps >= 0, total_steps > 0, "
+            "min_lr_ratio in [0, 1])"
+        )
+
+
 class TrainingTask(pl.LightningModule):
     """Base LightningModule; `net` is the model built from `conf/model/net`."""
 
@@ -101,6 +137,7 @@ class TrainingTask(pl.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
+        check_settings(optimizer, scheduler)
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.stage_schedule = build_stage_schedule(stage)
