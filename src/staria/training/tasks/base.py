@@ -103,7 +103,7 @@ def check_settings(optimizer: OptimizerSettings, scheduler: SchedulerSettings) -
         raise ValueError(f"missing settings: {', '.join(missing)}")
     betas = list(optimizer["betas"])
     checks = {
-        f"optimizer.lr={optimizer['lr']}": 0 < optimizer["lr"] < math.inf,
+        f"optimizer.lr={optimizer['lr']}": 0 <= optimizer["lr"] < math.inf,
         f"optimizer.betas={betas}": len(betas) == 2 and all(0 <= b < 1 for b in betas),
         f"optimizer.weight_decay={optimizer['weight_decay']}": (
             0 <= optimizer["weight_decay"] < math.inf
@@ -117,7 +117,7 @@ def check_settings(optimizer: OptimizerSettings, scheduler: SchedulerSettings) -
     wrong = [setting for setting, ok in checks.items() if not ok]
     if wrong:
         raise ValueError(
-            f"{', '.join(wrong)}: outside what the optimizer and schedule take (lr > 0, two "
+            f"{', '.join(wrong)}: outside what the optimizer and schedule take (lr >= 0, two "
             "betas in [0, 1), weight_decay >= 0, warmup_steps >= 0, total_steps > 0, "
             "min_lr_ratio in [0, 1])"
         )
