@@ -182,8 +182,9 @@ class MusicTokenizerWithStyle:
 
         A piece over `self.limits` raises `MidiReadError`, or is cropped to them.
         """
-        notes, _ = self.fit_to_limits(read_notes(midi), source_name(midi))
-        return self.notes_to_ids(notes, add_dim_tok=add_dim_tok, add_eos_tok=add_eos_tok)
+        return self.notes_to_ids(
+            read_notes(midi), add_dim_tok, add_eos_tok, limits_name=source_name(midi)
+        )
 
     def fit_to_limits(self, notes: NoteTable, name: str) -> tuple[NoteTable, str | None]:
         """`notes` within `self.limits` and, if some were cropped, what was cut.
@@ -192,36 +193,50 @@ class MusicTokenizerWithStyle:
         without `crop`, so nothing the size of an oversized piece is ever allocated.
         """
         onset_abs, _ = self._onsets_and_durations(notes)
+        ends = np.cumsum(self._note_token_lengths(notes, onset_abs))
+        kept, cut = self._notes_within_limits(notes, onset_abs, ends, name)
+        return (notes if cut is None else notes.select(slice(0, kept))), cut
+
+    def _notes_within_limits(
+        self, notes: NoteTable, onset_abs: np.ndarray, ends: np.ndarray, name: str
+    ) -> tuple[int, str | None]:
+        """How many leading notes fit `self.limits` and what was cut (None: all fit), given
+        the body token count through each note (`ends`); `MidiReadError` if none may stay."""
         max_ms = self.limits.max_duration_s * 1000
         # Tokens up to and including each note: prefix, <S>, notes with their <T>s, <E>, <D>.
         fixed = len(self._prefix_families(notes)) + 3
-        tokens_through = fixed + np.cumsum(self._note_token_lengths(notes, onset_abs))
-        fits = (onset_abs - onset_abs[0] <= max_ms) & (tokens_through <= self.limits.max_tokens)
-        if fits.all():
-            return notes, None
+        span_ms = onset_abs.max() - onset_abs[0]
+        if span_ms <= max_ms and fixed + ends[-1] <= self.limits.max_tokens:
+            return len(notes), None
+        fits = (onset_abs - onset_abs[0] <= max_ms) & (fixed + ends <= self.limits.max_tokens)
         kept = int(np.argmin(fits))  # notes are in onset order: the first misfit ends the piece
-        over = (
-            f"{(onset_abs[-1] - onset_abs[0]) / 1000:.0f} s"
-            if onset_abs[-1] - onset_abs[0] > max_ms
-            else f"{tokens_through[-1]} tokens"
-        )
+        over = f"{span_ms / 1000:.0f} s" if span_ms > max_ms else f"{fixed + ends[-1]} tokens"
         limits = (
             f"max_duration_s={self.limits.max_duration_s:g}, max_tokens={self.limits.max_tokens}"
         )
         if not self.limits.crop or kept == 0:
             raise MidiReadError(name, f"piece of {over} exceeds the limits ({limits})")
-        return notes.select(
-            slice(0, kept)
-        ), f"cropped to {kept} of {len(notes)} notes: {over} over {limits}"
+        return kept, f"cropped to {kept} of {len(notes)} notes: {over} over {limits}"
 
     def notes_to_ids(
-        self, notes: NoteTable, add_dim_tok: bool = False, add_eos_tok: bool = True
+        self,
+        notes: NoteTable,
+        add_dim_tok: bool = False,
+        add_eos_tok: bool = True,
+        limits_name: str | None = None,
     ) -> np.ndarray:
         """Token ids of a note table; `AriaNotes` carry Aria's exact times and instruments.
 
-        Does not apply `self.limits`: callers with untrusted input go through `fit_to_limits`.
+        With `limits_name` (how errors name the input), `self.limits` apply, checked before
+        the token array is allocated; without, the caller vouches for the size (it went
+        through `fit_to_limits`, or made the notes).
         """
         onset_abs, raw_duration = self._onsets_and_durations(notes)
+        ends = np.cumsum(self._note_token_lengths(notes, onset_abs))
+        if limits_name is not None:
+            kept, cut = self._notes_within_limits(notes, onset_abs, ends, limits_name)
+            if cut is not None:
+                return self.notes_to_ids(notes.select(slice(0, kept)), add_dim_tok, add_eos_tok)
         families = self._prefix_families(notes)
         duration = self._dur_table[np.clip(raw_duration, 0, MAX_DUR_MS)]
         onset = self._onset_table[onset_abs % SEGMENT_MS]  # Python modulo: see _note_token_lengths
@@ -236,7 +251,6 @@ class MusicTokenizerWithStyle:
             + velocity // VELOCITY_STEP,
         )
         note_len = np.where(is_drum, 2, 3)
-        ends = np.cumsum(self._note_token_lengths(notes, onset_abs))
         note_at = ends - note_len
         body = np.full(ends[-1], self.time_id, dtype=np.int64)
         body[note_at] = note_ids

@@ -131,11 +131,12 @@ def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]
             seen: set[tuple[int, int]] = set()  # folders by (device, inode): links loop
             for folder, subfolders, names in os.walk(source, onerror=_unlisted, followlinks=True):
                 try:
-                    identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+                    status = os.stat(folder)
                 except OSError as error:
                     _unlisted(error)
                     subfolders.clear()
                     continue
+                identity = (status.st_dev, status.st_ino)
                 if identity in seen:
                     subfolders.clear()
                     continue

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from staria.training import safe_loading, tasks
 from staria.training.tasks.base import TrainingTask
@@ -67,20 +67,6 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     )
 
 
-def _targets(node: object, key: str) -> Iterator[tuple[str, object]]:
-    """(full key, value) of every `_target_` in a config subtree."""
-    if isinstance(node, DictConfig):
-        for child in node:
-            child_key = f"{key}.{child}" if key else str(child)
-            if child == "_target_":
-                yield child_key, node._get_node(child)._value()
-            else:
-                yield from _targets(node._get_node(child), child_key)
-    elif isinstance(node, ListConfig):
-        for index in range(len(node)):
-            yield from _targets(node._get_node(index), f"{key}[{index}]")
-
-
 def _is_project_network(target: object) -> bool:
     """Whether `target` names a class or function defined in `staria.models` (a path through a
     module's imports, such as `staria.models.decoder.torch.load`, names something else)."""
@@ -107,31 +93,38 @@ def _leaves(node: object, key: str) -> Iterator[tuple[str, object]]:
         yield key, node
 
 
-def check_run_config(config: DictConfig, config_path: Path) -> None:
-    """Refuse a run config whose `_target_`s are not the project's own task, network and data
-    classes, before anything named there is imported or built (`CheckpointError`)."""
+def check_run_config(config: dict, config_path: Path) -> None:
+    """Refuse a resolved run config (plain containers) that holds an interpolation or a
+    `_target_` other than the project's own task, network and data classes, before anything
+    named there is imported or built (`CheckpointError`)."""
     model = config.get("model")
-    if not isinstance(model, DictConfig) or "_target_" not in model or "net" not in model:
+    if not isinstance(model, dict) or "_target_" not in model or "net" not in model:
         raise CheckpointError(f"{config_path}: key 'model' lacks a task `_target_` and its `net`")
-    for key, target in _targets(config, ""):
+    for key, value in _leaves(config, ""):
+        # An escaped `\${...}` resolves to text that building would read as an interpolation
+        # again (`${oc.create:{_target_: ...}}`): a resolved run config holds none.
+        if isinstance(value, str) and "${" in value:
+            raise CheckpointError(f"{config_path}: {key}={value!r} holds an interpolation")
+        if not key.endswith("_target_"):
+            continue
         if key == "model._target_":
-            allowed = target in TASK_TARGETS
+            allowed = value in TASK_TARGETS
         elif key.startswith("model.net."):
-            allowed = _is_project_network(target)
+            allowed = _is_project_network(value)
         elif key == "data._target_":
-            allowed = target in DATA_TARGETS
+            allowed = value in DATA_TARGETS
         else:
-            allowed = not (key.startswith(("model.", "data.")))  # never built from a run folder
+            allowed = not key.startswith(("model.", "data."))  # never built from a run folder
         if not allowed:
             raise CheckpointError(
-                f"{config_path}: {key}={target!r} is not one of Staria's own classes; "
+                f"{config_path}: {key}={value!r} is not one of Staria's own classes; "
                 "a run folder's config may only name Staria's tasks, networks and data module"
             )
 
 
 def read_run_config(config_path: str | Path) -> DictConfig:
     """A run's `config.yaml` with every interpolation resolved (so what is checked is what is
-    built), its targets checked (`check_run_config`)."""
+    built), checked by `check_run_config`."""
     config_path = Path(config_path)
     try:
         resolved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
@@ -139,14 +132,8 @@ def read_run_config(config_path: str | Path) -> DictConfig:
         raise CheckpointError(f"{config_path}: not a readable run config ({error})") from error
     if not isinstance(resolved, dict):
         raise CheckpointError(f"{config_path}: not a run config (a mapping of settings)")
-    for key, value in _leaves(resolved, ""):
-        # An escaped `\${...}` resolves to text that building would read as an interpolation
-        # again (`${oc.create:{_target_: ...}}`): a resolved run config holds none.
-        if isinstance(value, str) and "${" in value:
-            raise CheckpointError(f"{config_path}: {key}={value!r} holds an interpolation")
-    config = OmegaConf.create(resolved)
-    check_run_config(config, config_path)
-    return config
+    check_run_config(resolved, config_path)
+    return OmegaConf.create(resolved)
 
 
 def load_checkpoint(

@@ -7,7 +7,6 @@ calls the same functions, so a requeued job and a hand-resubmitted one behave al
 """
 
 import json
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ import numpy as np
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from staria.training import safe_loading
-
-log = logging.getLogger(__name__)
 
 FINISHED_MARKER = "finished.json"
 HISTORY_FILE = "checkpoint_history.json"
