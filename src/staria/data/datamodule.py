@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from staria.data.preprocess import (
     find_index,
 )
 from staria.data.synthetic import SynthesisConfig, synthesize
+from staria.data.workers import init_worker
 from staria.tokenizer import MusicTokenizerWithStyle
 
 MODES = ("synthetic", "real")
@@ -213,6 +215,7 @@ class MidiDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=self.pin_memory,
+            worker_init_fn=partial(init_worker, rank=rank) if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> StatefulDataLoader:

@@ -46,6 +46,14 @@ class PathsConfig:
 
 
 @dataclass
+class ResumeConfig:
+    """What a rerun of a run folder with progress may do (train.py, docs/training.md)."""
+
+    apply_changes: bool = False
+    start_over: bool = False
+
+
+@dataclass
 class TrainConfig:
     """Run settings at the top of `train.yaml`; each group below is typed by its own schema."""
 
@@ -56,6 +64,7 @@ class TrainConfig:
     init_from: str | None = None
     # Unpickle checkpoints and weight files in full, which can run code in them (safe_loading).
     allow_pickle_runs_code: bool = False
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     run_id: str | None = None
     print_config: bool = True
     model: Any = MISSING

@@ -1,66 +1,100 @@
-"""Checkpoint-on-signal for preemptible jobs (SLURM time limits, submitit's USR2, SIGTERM).
+"""Checkpoint-on-signal: SLURM time limits and preemption (SIGUSR2 from submitit, SIGTERM from
+`scancel` or a job step's end) and Ctrl-C (SIGINT) all stop a run the same way.
 
-The signal handler only sets a flag; the checkpoint is written by the training loop at the next
-step boundary, after all ranks agreed through an all-reduce (one rank's signal stops all). The
-handler that was installed before ours (submitit's requeue handler under SLURM) is then called,
-so the job requeues with a fresh `last.ckpt` and `resume.resume_point` continues from it.
+The handler only sets a flag. At the next optimizer-step boundary (never inside a
+gradient-accumulation window) all ranks agree through an all-reduce, the run's checkpoint
+writer saves `last.ckpt`, and `Preempted` ends `fit` at once: no validation or anything else
+runs between the signal and the save. A signal during validation stops it at the next
+validation batch without a save (the run resumes from the last `last.ckpt` and validates
+again). The handler that was installed before ours (submitit's requeue handler under SLURM) is
+then called by `train.py`, so the job requeues; resume continues from the saved step.
 
 Our handlers go in at `on_train_start`, after Lightning's signal connector has installed its
-SIGTERM handler (it raises SIGTERMException and would stop the run without this checkpoint);
-the handler chained to is the one in place before `fit` (submitit's, not Lightning's).
+SIGTERM handler (which would stop the run without this checkpoint); the handler chained to is
+the one in place before `fit`. A second Ctrl-C stops at once, without a save.
 """
 
 import signal
-from pathlib import Path
+import sys
 
 import lightning.pytorch as pl
 import torch
 
-from staria.training.checkpointing import CheckpointHistory
-from staria.training.resume import LAST_CHECKPOINT
+from staria.training.checkpointing import RunCheckpoints
+
+
+class Preempted(Exception):
+    """Raised out of `fit` once the preemption checkpoint is written (or, during validation,
+    once the run stopped without one)."""
+
+    def __init__(self, received: signal.Signals, step: int, saved: bool):
+        super().__init__(
+            f"{received.name} at step {step}: "
+            + ("last.ckpt saved" if saved else "stopped during validation, no new checkpoint")
+        )
+        self.signal, self.step, self.saved = received, step, saved
 
 
 class PreemptionCheckpoint(pl.Callback):
-    """Save `last.ckpt` and stop at the step after a preemption signal arrives."""
+    """Save `last.ckpt` and stop at the first step boundary after one of `signals`."""
 
-    def __init__(
-        self, checkpoint_dir: str | Path, signals: tuple[str, ...] = ("SIGUSR2", "SIGTERM")
-    ):
-        self.checkpoint_dir = Path(checkpoint_dir)
+    def __init__(self, signals: tuple[str, ...] = ("SIGUSR2", "SIGTERM", "SIGINT")):
         unknown = [name for name in signals if name not in signal.Signals.__members__]
         if unknown:
             raise ValueError(f"signals={list(signals)}: {unknown} are not signal names")
         self.signals = [signal.Signals[name] for name in signals]
         self.signal_received: signal.Signals | None = None
-        self.preempted = False
-        self._previous_handlers: dict[signal.Signals, object] = {}
+        self.previous_handlers: dict[signal.Signals, object] = {}
         self._replaced_handlers: dict[signal.Signals, object] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
-        self.signal_received = signal.Signals(signum)
+        received = signal.Signals(signum)
+        if received == signal.SIGINT and self.signal_received == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
+        if received == signal.SIGINT:
+            print(
+                "\nCtrl-C: saving at the next step boundary, then stopping "
+                "(Ctrl-C again stops at once, without a save)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.signal_received = self.signal_received or received
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit" and not isinstance(trainer.checkpoint_callback, RunCheckpoints):
+            raise ValueError(
+                "callbacks.preemption needs the run's checkpoint writer (callbacks.checkpointing)"
+            )
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._previous_handlers = {sig: signal.getsignal(sig) for sig in self.signals}
+        self.previous_handlers = {sig: signal.getsignal(sig) for sig in self.signals}
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         for sig in self.signals:
             self._replaced_handlers[sig] = signal.signal(sig, self._on_signal)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _any_rank_signalled(self, trainer: "pl.Trainer", pl_module) -> bool:
         received = torch.tensor(self.signal_received is not None, device=pl_module.device)
-        if not trainer.strategy.reduce_boolean_decision(received, all=False):
+        return bool(trainer.strategy.reduce_boolean_decision(received, all=False))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        writer: RunCheckpoints = trainer.checkpoint_callback
+        if not writer.at_step_boundary(trainer) or not self._any_rank_signalled(trainer, pl_module):
             return
-        path = self.checkpoint_dir / LAST_CHECKPOINT
-        trainer.save_checkpoint(path)
-        CheckpointHistory(self.checkpoint_dir).record("written", trainer, str(path), None)
-        self.preempted = True
-        trainer.should_stop = True
+        if writer.last_step != trainer.global_step:
+            writer.save_last(trainer)
+        raise Preempted(self._received(), trainer.global_step, saved=True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        if trainer.state.fn == "fit" and self._any_rank_signalled(trainer, pl_module):
+            raise Preempted(self._received(), trainer.global_step, saved=False)
+
+    def _received(self) -> signal.Signals:
+        return self.signal_received or signal.SIGTERM  # another rank's signal
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._restore_handlers()
-        previous = self._previous_handlers.get(self.signal_received)
-        if self.preempted and callable(previous):
-            previous(self.signal_received, None)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
@@ -69,3 +103,12 @@ class PreemptionCheckpoint(pl.Callback):
         for sig, handler in self._replaced_handlers.items():
             signal.signal(sig, handler)
         self._replaced_handlers = {}
+
+    def chain(self, received: signal.Signals) -> bool:
+        """Call the handler that was in place before `fit` (submitit's requeue); whether there
+        was one."""
+        previous = self.previous_handlers.get(received)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(received, None)
+            return True
+        return False

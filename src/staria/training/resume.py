@@ -6,23 +6,21 @@ newest checkpoint that loads, or nothing because the run is finished. The SLURM 
 calls the same functions, so a requeued job and a hand-resubmitted one behave alike.
 """
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import lightning.pytorch as pl
-import numpy as np
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from staria.training import safe_loading
+from staria.training.checkpointing import (
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    CheckpointHistory,
+    write_json_atomic,
+)
 
 FINISHED_MARKER = "finished.json"
-HISTORY_FILE = "checkpoint_history.json"
 WANDB_ID_FILE = "wandb_run_id"
-LAST_CHECKPOINT = "last.ckpt"
 
 
 @dataclass
@@ -41,6 +39,12 @@ class ResumePoint:
     checkpoint: Path | None = None
     skipped: list[UnloadableCheckpoint] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # .ckpt files absent from the history
+    history_damaged: bool = False  # the history did not parse: rebuilt from the files on disk
+
+    @property
+    def unusable(self) -> bool:
+        """The run wrote checkpoints, and none of them loads."""
+        return self.checkpoint is None and bool(self.skipped)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -54,51 +58,36 @@ def mark_finished(run_dir: Path, global_step: int) -> None:
     )
 
 
-def written_checkpoints(checkpoint_dir: Path) -> set[str]:
-    """Names of the checkpoints the run's history says it wrote and has not removed."""
-    history = Path(checkpoint_dir) / HISTORY_FILE
-    if not history.is_file():
-        return set()
-    try:
-        events = json.loads(history.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{history}: damaged ({error}); resume trusts only what it lists"
-        ) from None
-    names: set[str] = set()
-    for event in events:
-        name = Path(event["path"]).name
-        if event["event"] == "written":
-            names.add(name)
-        elif event["event"] == "removed":
-            names.discard(name)
-    return names
-
-
 def resume_point(
-    run_dir: Path, checkpoint_dir: Path, allow_pickle_runs_code: bool = False
+    run_dir: Path,
+    checkpoint_dir: Path,
+    allow_pickle_runs_code: bool = False,
+    run_id: str | None = None,
 ) -> ResumePoint:
-    """Newest loadable checkpoint the run wrote: `last.ckpt` first, then the others newest
-    first. Files its history does not list are ignored (`ignored`), never opened. Logs
-    nothing: the caller reports once the run folder may change."""
+    """Newest loadable checkpoint the run wrote, by the step its history records (`last.ckpt`
+    first at equal steps). Files its history does not list are ignored (`ignored`), never
+    opened; a damaged history is rebuilt from the checkpoints whose run record names `run_id`
+    (`CheckpointHistory`). Logs nothing: the caller reports once the run folder may change."""
     if is_finished(run_dir):
         return ResumePoint(finished=True)
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return ResumePoint(finished=False)
-    written = written_checkpoints(checkpoint_dir)
+    history = CheckpointHistory(checkpoint_dir, run_id)
+    written = history.written()
     candidates, ignored = [], []
     for path in sorted(checkpoint_dir.glob("*.ckpt")):
         (candidates if path.name in written else ignored).append(path)
-    candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    candidates.sort(key=lambda p: p.name != LAST_CHECKPOINT)
+    candidates.sort(
+        key=lambda p: (written[p.name].get("step") or 0, p.name == LAST_CHECKPOINT), reverse=True
+    )
     skipped = []
     for path in candidates:
         reason = checkpoint_load_error(path, allow_pickle_runs_code)
         if reason is None:
-            return ResumePoint(False, path, skipped, ignored)
+            return ResumePoint(False, path, skipped, ignored, history.is_damaged())
         skipped.append(UnloadableCheckpoint(path, reason))
-    return ResumePoint(False, None, skipped, ignored)
+    return ResumePoint(False, None, skipped, ignored, history.is_damaged())
 
 
 def has_progress(run_dir: Path, stored_checkpoint_dir: Path | None) -> bool:
@@ -150,6 +139,7 @@ RERUN_MAY_CHANGE = (
     "train",
     "test",
     "allow_pickle_runs_code",
+    "resume",
     "run_id",
     "paths",
     "callbacks",
@@ -170,33 +160,3 @@ def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
         elif old != new:
             changes.append(f"{full}: {old!r} -> {new!r}")
     return changes
-
-
-def write_json_atomic(path: Path, content: Any) -> None:
-    """Write then rename in the same folder, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=2))
-    partial.replace(path)
-
-
-class RngStateCallback(pl.Callback):
-    """Lightning does not checkpoint RNG states; this puts torch/numpy/python RNG into each one.
-
-    numpy's state is stored as a plain tuple (its 624 key words as a list), so a checkpoint
-    loads with plain `torch.load` (weights_only) and no allowlist.
-    """
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        states = _collect_rng_states()
-        name, keys, *rest = states["numpy"]
-        states["numpy"] = (name, keys.tolist(), *rest)
-        checkpoint["rng_states"] = states
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if "rng_states" in checkpoint:
-            states = dict(checkpoint["rng_states"])
-            name, keys, *rest = states["numpy"]
-            states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), *rest)
-            _set_rng_states(states)

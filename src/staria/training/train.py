@@ -6,6 +6,9 @@ resumes, starts fresh, or does nothing because the run finished (`resume.resume_
 
 import contextlib
 import logging
+import shlex
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich import print as rich_print
@@ -27,8 +32,10 @@ from staria.training.config import (
     check_target_arguments,
     register_configs,
 )
-from staria.training.preemption import PreemptionCheckpoint
+from staria.training.checkpointing import HISTORY_FILE
+from staria.training.preemption import Preempted, PreemptionCheckpoint
 from staria.training.resume import (
+    ResumePoint,
     config_changes,
     has_progress,
     mark_finished,
@@ -40,6 +47,9 @@ from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)
 RESOLVED_CONFIG = "config.yaml"
+# Exit status of a run stopped by a signal after its checkpoint (like sysexits' EX_TEMPFAIL:
+# rerun the same command to continue).
+EXIT_INTERRUPTED = 75
 TRAIN_LOG = "train.log"
 # Absolute, so the installed console script finds it from any working directory.
 CONFIG_DIR = str(REPO_ROOT / "conf")
@@ -84,22 +94,39 @@ def instantiate_all(group: str, node: DictConfig | None) -> list:
     return built
 
 
-def check_unchanged(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse a rerun whose settings differ from those a run with progress was started with
-    (`resume.has_progress`, judged by the stored settings, which a command cannot move)."""
+def changed_settings(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """`key: stored -> current` for each setting this command changes in a run that has
+    progress (`resume.has_progress`, judged by the stored settings, which a command cannot
+    move). Refused unless `resume.apply_changes`: then they apply from the resumed step."""
     stored_path = run_dir / RESOLVED_CONFIG
     if not stored_path.is_file():
-        return
+        return []
     stored = OmegaConf.to_container(OmegaConf.load(stored_path), resolve=True)
     stored_checkpoints = stored.get("paths", {}).get("checkpoint_dir")
     if not has_progress(run_dir, stored_checkpoints):
-        return  # an earlier attempt that never saved: new settings may replace it
+        return []  # an earlier attempt that never saved: new settings may replace it
     changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
-    if changes:
+    if changes and not cfg.resume.apply_changes:
         raise RunConfigChangedError(
             f"{run_dir} was started with other settings ({stored_path}); this command "
             f"changes {len(changes)}: " + "; ".join(changes[:20]) + ". Nothing was written: "
-            "rerun with the stored settings, or start a new run (another `name=`)"
+            "rerun with the stored settings, start a new run (another `name=`), or apply "
+            "the changes from the resumed step with resume.apply_changes=true"
+        )
+    return changes
+
+
+class UnusableCheckpointsError(RuntimeError):
+    """Every checkpoint a run wrote fails to load; starting over is the user's choice."""
+
+
+def check_resumable(point: ResumePoint, cfg: DictConfig) -> None:
+    if point.unusable and not cfg.resume.start_over:
+        reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in point.skipped[:5])
+        raise UnusableCheckpointsError(
+            f"{cfg.paths.checkpoint_dir}: none of the {len(point.skipped)} checkpoints this run "
+            f"wrote loads ({reasons}). Nothing was written: restore them, or train from step 0 "
+            "with resume.start_over=true (they are kept in checkpoints/unusable-<time>/)"
         )
 
 
@@ -146,16 +173,19 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     """Fit (resuming if the run folder has a checkpoint) and test; None if the run had finished.
 
     Everything is checked and built before the run folder changes: a wrong key, type or value,
-    or settings that differ from the run's stored ones, fail with nothing written.
+    settings that differ from the run's stored ones, or a run whose checkpoints are all
+    unusable fail with nothing written. A preempted or interrupted run returns its trainer
+    with `state.status` INTERRUPTED, after `last.ckpt` was saved (`preemption`).
     """
     check_no_missing(cfg)
     check_target_arguments(cfg)
     run_dir = Path(cfg.paths.run_dir)
     if cfg.run_id is None:
         cfg.run_id = wandb_run_id(run_dir)
-    check_unchanged(cfg, run_dir)
+    changes = changed_settings(cfg, run_dir)
     allow_pickle = cfg.allow_pickle_runs_code
-    point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir), allow_pickle)
+    point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir), allow_pickle, cfg.run_id)
+    check_resumable(point, cfg)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build("data", cfg.data)
@@ -169,18 +199,73 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
     if point.checkpoint is None and cfg.init_from:
         task.init_from(cfg.init_from, allow_pickle)
+    if changes:
+        keep_stored_config(run_dir)
     prepare_run_dir(cfg)
-    with run_log(run_dir):
-        return _fit(cfg, point, task, datamodule, trainer, callbacks, loggers)
+    with run_log(run_dir), owned_wandb_runs(loggers):
+        return _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers)
 
 
-def _fit(cfg, point, task, datamodule, trainer, callbacks, loggers) -> pl.Trainer:
+@rank_zero_only
+def keep_stored_config(run_dir: Path) -> None:
+    """Keep the settings a run had before a rerun changed them, as `config.until-<time>.yaml`."""
+    stored = run_dir / RESOLVED_CONFIG
+    stored.rename(run_dir / f"config.until-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+
+
+@rank_zero_only
+def set_aside_unusable(checkpoint_dir: Path, point: ResumePoint) -> None:
+    """Move a run's unusable checkpoints and history into `unusable-<time>/` (start_over)."""
+    aside = checkpoint_dir / f"unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir()
+    for path in [*(s.path for s in point.skipped), checkpoint_dir / HISTORY_FILE]:
+        if path.exists():
+            path.rename(aside / path.name)
+    log.warning("starting over from step 0: the unusable checkpoints are in %s", aside)
+
+
+def resume_command() -> str:
+    """The command line that continues this run: the same overrides (each job's own, in a
+    multirun)."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return " ".join(["staria-train", *(shlex.quote(o) for o in overrides)])
+
+
+@contextlib.contextmanager
+def owned_wandb_runs(loggers: list) -> Iterator[None]:
+    """Finish each W&B run this job started when the job ends (also in a multirun, where the
+    next job would otherwise log into it); a preempted run is marked as such."""
+    try:
+        yield
+    except BaseException:
+        _finish_wandb(loggers, exit_code=1)
+        raise
+    _finish_wandb(loggers, exit_code=0)
+
+
+def _finish_wandb(loggers: list, exit_code: int) -> None:
+    for logger in loggers:
+        run = getattr(logger, "_experiment", None)
+        if isinstance(logger, WandbLogger) and run is not None:
+            run.finish(exit_code=exit_code)
+
+
+def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers) -> pl.Trainer:
     """Everything after the run folder may change: report, fit (or resume), test."""
     run_dir = Path(cfg.paths.run_dir)
     for path in point.ignored:
         log.warning("ignoring %s: not in this run's checkpoint history, never resumed from", path)
-    for skipped in point.skipped:
-        log.warning("cannot resume from %s (%s); trying an older one", skipped.path, skipped.reason)
+    if point.history_damaged:
+        log.warning("%s is damaged: rebuilt from the checkpoints this run wrote", HISTORY_FILE)
+    if point.unusable:
+        set_aside_unusable(Path(cfg.paths.checkpoint_dir), point)
+    else:
+        for skipped in point.skipped:
+            log.warning("cannot resume from %s (%s); using an older one", skipped.path,
+                        skipped.reason)
+    if changes:
+        log.warning("applying %d changed settings from the resumed step: %s", len(changes),
+                    "; ".join(changes))
     task.apply_stage()
     for logger in loggers:
         logger.log_hyperparams(
@@ -189,18 +274,23 @@ def _fit(cfg, point, task, datamodule, trainer, callbacks, loggers) -> pl.Traine
 
     if cfg.train:
         if point.checkpoint is not None:
-            rank_zero_only(print)(f"resuming {run_dir} from {point.checkpoint}")
-        # Checkpoints load as data (safe_loading) unless the run opted in to unpickling.
-        with safe_loading.safe_globals():
-            trainer.fit(
-                task,
-                datamodule=datamodule,
-                ckpt_path=point.checkpoint,
-                weights_only=not cfg.allow_pickle_runs_code,
-            )
-        preempted = any(isinstance(cb, PreemptionCheckpoint) and cb.preempted for cb in callbacks)
-        if preempted:
-            rank_zero_only(print)(f"preempted at step {trainer.global_step}; rerun to resume")
+            log.info("resuming %s from %s", run_dir, point.checkpoint)
+        try:
+            # Checkpoints load as data (safe_loading) unless the run opted in to unpickling.
+            with safe_loading.safe_globals():
+                trainer.fit(
+                    task,
+                    datamodule=datamodule,
+                    ckpt_path=point.checkpoint,
+                    weights_only=not cfg.allow_pickle_runs_code,
+                )
+        except Preempted as stop:
+            log.warning("%s; resume with: %s", stop, resume_command())
+            for logger in loggers:
+                if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                    logger.experiment.mark_preempting()
+            preemption = next(cb for cb in callbacks if isinstance(cb, PreemptionCheckpoint))
+            preemption.chain(stop.signal)
             return trainer
         if trainer.is_global_zero:
             mark_finished(run_dir, trainer.global_step)
@@ -228,7 +318,9 @@ class HydraConfigForLaunchers(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    trainer = train(cfg)
+    if trainer is not None and trainer.state.status == TrainerStatus.INTERRUPTED:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,33 @@ class TrainingTask(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.apply_stage()
 
+    def on_train_start(self) -> None:
+        """A resumed run's optimizer and schedule take the current settings: the restored
+        moments and step stay, while learning rates, betas, weight decay and the schedule's
+        shape come from `optimizer`/`scheduler` (the same values unless a rerun changed them
+        under `resume.apply_changes`)."""
+        if self.global_step == 0:
+            return
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        scheduler = self.lr_schedulers()
+        fresh = self.configure_optimizers()
+        fresh_optimizer, fresh_scheduler = fresh["optimizer"], fresh["lr_scheduler"]["scheduler"]
+        if len(fresh_optimizer.param_groups) != len(optimizer.param_groups):
+            raise ValueError(
+                f"the resumed optimizer has {len(optimizer.param_groups)} parameter groups, "
+                f"these settings make {len(fresh_optimizer.param_groups)}: a stage change "
+                "cannot apply to a resumed run; start a new run with init_from="
+            )
+        for group, new in zip(optimizer.param_groups, fresh_optimizer.param_groups):
+            group.update({key: value for key, value in new.items() if key != "params"})
+        scheduler.base_lrs = list(fresh_scheduler.base_lrs)
+        scheduler.lr_lambdas = fresh_scheduler.lr_lambdas
+        for group, base_lr, factor in zip(
+            optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+        ):
+            group["lr"] = base_lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Re-apply only when the schedule moves on; a resume restores `global_step` after
         `on_fit_start`, so its first batch re-applies too."""
