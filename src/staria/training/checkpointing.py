@@ -122,8 +122,7 @@ class CheckpointHistory:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         valid = isinstance(events, list) and all(
-            isinstance(e, dict) and isinstance(e.get("path"), str) and "event" in e
-            for e in events
+            isinstance(e, dict) and isinstance(e.get("path"), str) and "event" in e for e in events
         )
         return events if valid else None
 
@@ -167,18 +166,30 @@ class CheckpointHistory:
                 current.pop(name, None)
         return current
 
-    def record(self, event: str, path: Path, step: int, metric: str | None, value: float | None,
-               **extra) -> None:
+    def record(
+        self, event: str, path: Path, step: int, metric: str | None, value: float | None, **extra
+    ) -> None:
         """Append one event; the whole file is replaced atomically."""
         events = self._parsed()
         if events is None:
             events = self.rebuilt()
             damaged = self.path.with_name(f"{self.path.name}.damaged")
             os.replace(self.path, damaged)
-            log.warning("%s was damaged: kept as %s, rebuilt from %d checkpoints on disk",
-                        self.path, damaged, len(events))
-        entry = {"event": event, "path": str(path), "step": step, "metric": metric,
-                 "value": value, "time": time.time(), **extra}
+            log.warning(
+                "%s was damaged: kept as %s, rebuilt from %d checkpoints on disk",
+                self.path,
+                damaged,
+                len(events),
+            )
+        entry = {
+            "event": event,
+            "path": str(path),
+            "step": step,
+            "metric": metric,
+            "value": value,
+            "time": time.time(),
+            **extra,
+        }
         write_json_atomic(self.path, [*events, entry])
 
 
@@ -219,8 +230,12 @@ class RunCheckpoints(Checkpoint):
         return trainer.is_global_zero
 
     def _save(self, trainer: "pl.Trainer", path: Path, value: float | None = None) -> None:
-        self._record = {"run_id": self.run_id, "step": trainer.global_step,
-                        "monitor": self.monitor, "value": value}
+        self._record = {
+            "run_id": self.run_id,
+            "step": trainer.global_step,
+            "monitor": self.monitor,
+            "value": value,
+        }
         trainer.save_checkpoint(path)
         if self._rank_zero(trainer):
             metric = self.monitor if value is not None else None
@@ -260,7 +275,9 @@ class RunCheckpoints(Checkpoint):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[RUN_RECORD] = dict(self._record) or {
-            "run_id": self.run_id, "step": trainer.global_step, "monitor": self.monitor,
+            "run_id": self.run_id,
+            "step": trainer.global_step,
+            "monitor": self.monitor,
             "value": None,
         }
         self._record = {}
@@ -273,13 +290,20 @@ class RunCheckpoints(Checkpoint):
                 partial.unlink(missing_ok=True)
             for name, event in sorted(self.history.written().items()):
                 if (event.get("step") or 0) > step:
-                    self._remove(trainer, self.checkpoint_dir / name,
-                                 f"newer than step {step}, which this run resumes from")
+                    self._remove(
+                        trainer,
+                        self.checkpoint_dir / name,
+                        f"newer than step {step}, which this run resumes from",
+                    )
         written = self.history.written() if self.checkpoint_dir.is_dir() else {}
         self.best = sorted(
-            (e for name, e in written.items()
-             if e.get("metric") == self.monitor and e.get("value") is not None
-             and (self.checkpoint_dir / name).is_file()),
+            (
+                e
+                for name, e in written.items()
+                if e.get("metric") == self.monitor
+                and e.get("value") is not None
+                and (self.checkpoint_dir / name).is_file()
+            ),
             key=lambda e: (e["value"], e["step"]),
         )
         self._prune(trainer)

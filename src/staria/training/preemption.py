@@ -85,8 +85,9 @@ class PreemptionCheckpoint(pl.Callback):
             writer.save_last(trainer)
         raise Preempted(self._received(), trainer.global_step, saved=True)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
-                                dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if trainer.state.fn == "fit" and self._any_rank_signalled(trainer, pl_module):
             raise Preempted(self._received(), trainer.global_step, saved=False)
 

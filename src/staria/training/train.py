@@ -26,13 +26,13 @@ from rich.tree import Tree
 
 from staria.paths import REPO_ROOT
 from staria.training import safe_loading
+from staria.training.checkpointing import HISTORY_FILE
 from staria.training.config import (
     ConfigValueError,
     check_no_missing,
     check_target_arguments,
     register_configs,
 )
-from staria.training.checkpointing import HISTORY_FILE
 from staria.training.preemption import Preempted, PreemptionCheckpoint
 from staria.training.resume import (
     ResumePoint,
@@ -261,11 +261,15 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers) -> 
         set_aside_unusable(Path(cfg.paths.checkpoint_dir), point)
     else:
         for skipped in point.skipped:
-            log.warning("cannot resume from %s (%s); using an older one", skipped.path,
-                        skipped.reason)
+            log.warning(
+                "cannot resume from %s (%s); using an older one", skipped.path, skipped.reason
+            )
     if changes:
-        log.warning("applying %d changed settings from the resumed step: %s", len(changes),
-                    "; ".join(changes))
+        log.warning(
+            "applying %d changed settings from the resumed step: %s",
+            len(changes),
+            "; ".join(changes),
+        )
     task.apply_stage()
     for logger in loggers:
         logger.log_hyperparams(

@@ -202,12 +202,12 @@ class TrainingTask(pl.LightningModule):
                 f"these settings make {len(fresh_optimizer.param_groups)}: a stage change "
                 "cannot apply to a resumed run; start a new run with init_from="
             )
-        for group, new in zip(optimizer.param_groups, fresh_optimizer.param_groups):
+        for group, new in zip(optimizer.param_groups, fresh_optimizer.param_groups, strict=True):
             group.update({key: value for key, value in new.items() if key != "params"})
         scheduler.base_lrs = list(fresh_scheduler.base_lrs)
         scheduler.lr_lambdas = fresh_scheduler.lr_lambdas
         for group, base_lr, factor in zip(
-            optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+            optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
         ):
             group["lr"] = base_lr * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
