@@ -49,17 +49,44 @@ def synthetic_datamodule(cache_dir: Path, **overrides) -> MidiDataModule:
 
 
 class SignalAtStep(pl.Callback):
-    """Sends the process SIGUSR2 (what submitit sends before a time limit) during step `step`."""
+    """Sends the process `signal_name` (default SIGUSR2, what submitit sends before a time
+    limit) at the start of training micro-batch `batch` (counted over the run), or else of
+    the first batch of optimizer step `step`."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(
+        self, step: int | None = None, batch: int | None = None, signal_name: str = "SIGUSR2"
+    ):
+        self.step, self.batch, self.signal = step, batch, signal.Signals[signal_name]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR2)
+        total = trainer.fit_loop.epoch_loop.total_batch_idx
+        due = total == self.batch if self.batch is not None else trainer.global_step == self.step
+        if due:
+            os.kill(os.getpid(), self.signal)
+            self.step = self.batch = -1
 
 
-def preempt_at_step(cfg: DictConfig, step: int) -> None:
-    """Make the run `cfg` describes receive SIGUSR2 during step `step`."""
+def preempt_at_step(cfg: DictConfig, step: int, signal_name: str = "SIGUSR2") -> None:
+    """Make the run `cfg` describes receive `signal_name` during step `step`."""
+    add_callback(cfg, "signal", SignalAtStep, step=step, signal_name=signal_name)
+
+
+def add_callback(cfg: DictConfig, name: str, kind: type, **kwargs) -> None:
     with open_dict(cfg):
-        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": step}
+        cfg.callbacks[name] = {"_target_": f"{kind.__module__}.{kind.__qualname__}", **kwargs}
+
+
+class SimulatedKill(BaseException):
+    """What SIGKILL leaves: the run stops where it is, and nothing of ours runs after."""
+
+
+class KillAt(pl.Callback):
+    """Raises `SimulatedKill` at `hook` (a callback hook name) when the run is at `step`."""
+
+    def __init__(self, hook: str, step: int):
+        self.hook, self.step = hook, step
+        setattr(self, hook, self._maybe_kill)
+
+    def _maybe_kill(self, trainer, *args, **kwargs):
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            raise SimulatedKill(f"{self.hook} at step {self.step}")
