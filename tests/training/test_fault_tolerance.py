@@ -208,7 +208,7 @@ def test_all_checkpoints_unusable_stops_unless_starting_over_is_chosen(tmp_path,
     for path in (tmp_path / "checkpoints").glob("*.ckpt"):
         path.write_bytes(b"not a checkpoint")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(UnusableCheckpointsError, match="resume.start_over=true"):
+    with pytest.raises(UnusableCheckpointsError, match=r"resume\.start_over=true"):
         train(smoke(tmp_path, *SIX_STEPS))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
