@@ -65,7 +65,7 @@ def test_lower_temperature_sharpens_toward_the_mode():
     [
         ({"temperature": 0.05}, "sampling.temperature"),
         ({"temperature": 2.5}, "sampling.temperature"),
-        ({"top_k": 0}, "sampling.top_k"),
+        ({"top_k": -1}, "sampling.top_k"),
         ({"top_p": 1.5}, "sampling.top_p"),
         ({"min_p": 1.0}, "sampling.min_p"),
         ({"max_length": 0}, "sampling.max_length"),

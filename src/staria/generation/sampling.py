@@ -32,7 +32,8 @@ class SamplingConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How tokens are drawn; `None` switches a filter off. `max_length` bounds the decoder
+    """How tokens are drawn; `None` or a filter's neutral value (top_k 0, top_p 1, min_p 0)
+    switches it off. `max_length` bounds the decoder
     sequence of a sample (its start included; a decoder-only prompt block is not counted)."""
 
     temperature: float = 1.0
@@ -47,8 +48,8 @@ class SamplingSettings:
             raise SamplingConfigError(
                 "sampling.temperature", self.temperature, f"must lie in [{low}, {high}]"
             )
-        if self.top_k is not None and self.top_k < 1:
-            raise SamplingConfigError("sampling.top_k", self.top_k, "must be >= 1 or null")
+        if self.top_k is not None and self.top_k < 0:
+            raise SamplingConfigError("sampling.top_k", self.top_k, "must be >= 0 or null")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise SamplingConfigError("sampling.top_p", self.top_p, "must lie in (0, 1] or null")
         if self.min_p is not None and not 0 <= self.min_p < 1:

@@ -1,16 +1,27 @@
-"""KV-cached sampling for the generative models, through x-transformers' AutoregressiveWrapper.
+"""KV-cached sampling for the generative models, on x-transformers' cached forward pass.
+
+The loop is x-transformers' `AutoregressiveWrapper.generate` with one correction: prompts of
+different lengths are left-padded, and once a sample outgrows `max_seq_len` the window slides
+over the cache; the wrapper keeps masking each row's original pad count at the window's start,
+which by then holds real tokens, so a prompt's sample depended on the batch it was in. Here the
+pad mask follows the window (`window_pad_counts`), and a prompt's greedy sample is the same
+whatever the batch, prompt mix or cache length.
 
 x-transformers filters with one function and a default top-k that keeps 10% of the vocabulary;
 here every filter is explicit and off unless asked for, in the usual order: temperature, then
-top-k, top-p (nucleus), min-p.
+top-k, top-p (nucleus), min-p. Each filter's neutral value (top_k 0, top_p 1, min_p 0) is off
+too: x-transformers' top-p at 1.0 still cuts the tail once float cumulative sums pass 1.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+import torch
 from torch import Tensor
-from x_transformers import AutoregressiveWrapper, TransformerWrapper
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
+from x_transformers import TransformerWrapper
 from x_transformers.autoregressive_wrapper import min_p as min_p_filter
 from x_transformers.autoregressive_wrapper import top_k as top_k_filter
 from x_transformers.autoregressive_wrapper import top_p as top_p_filter
@@ -29,13 +40,19 @@ class LogitsFilter:
     top_p: float | None = None
     min_p: float | None = None
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
     def __call__(self, logits: Tensor) -> Tensor:
-        logits = logits / self.temperature
-        if self.top_k is not None:
+        """Filtered logits [B, V] (temperature applied unless greedy)."""
+        if not self.greedy:
+            logits = logits / self.temperature
+        if self.top_k:  # None or 0: off
             logits = top_k_filter(logits, k=self.top_k)
-        if self.top_p is not None:
+        if self.top_p is not None and self.top_p < 1:
             logits = top_p_filter(logits, thres=self.top_p)
-        if self.min_p is not None:
+        if self.min_p:  # None or 0: off
             logits = min_p_filter(logits, min_p=self.min_p)
         return logits
 
@@ -54,6 +71,11 @@ class DecodingSpec:
 DEFAULT_DECODING = DecodingSpec()
 
 
+def window_pad_counts(pad_counts: Tensor, length: int, max_seq_len: int) -> Tensor:
+    """Left pads [B] still inside the last `max_seq_len` positions of `length` positions."""
+    return (pad_counts - max(0, length - max_seq_len)).clamp(min=0)
+
+
 def generate_with_cache(
     net: TransformerWrapper,
     prompt: Tensor | list[Tensor],
@@ -65,8 +87,10 @@ def generate_with_cache(
     different lengths). Each sample stops at its own eos: the result [B, <=max_new_tokens] holds
     the eos and pad after it. `net_kwargs` (e.g. the cross-attention context) go to every
     forward; with `cache_kv` the keys and values of self- and cross-attention are computed once.
+    Past `max_seq_len` (rotary models) the last `max_seq_len` tokens are attended to.
     """
-    prompt_len = max(p.shape[-1] for p in prompt) if isinstance(prompt, list) else prompt.shape[-1]
+    prompts = list(prompt)
+    prompt_len = max(p.shape[-1] for p in prompts)
     too_long = prompt_len + max_new_tokens > net.max_seq_len
     if decoding.cache_kv and too_long and not net.can_cache_kv_outside_max_seq_len:
         raise ContextTooLongError(
@@ -74,21 +98,48 @@ def generate_with_cache(
             f"max_seq_len={net.max_seq_len}: learned absolute positions cannot decode past "
             "it with a KV cache (use a rotary layout or a shorter request)"
         )
-    for row, tokens in enumerate(prompt):
+    for row, tokens in enumerate(prompts):
         if (tokens == decoding.eos_id).any():
-            # x-transformers would treat it as already finished and cut the sample there.
+            # it would count as already finished and be cut there
             raise ValueError(f"prompt row {row} contains the eos id {decoding.eos_id}")
-    wrapper = AutoregressiveWrapper(net, pad_value=decoding.pad_id)
-    # A fresh wrapper is in training mode and restores that mode after generating.
-    wrapper.train(net.training)
-    logits_filter = decoding.logits_filter
-    greedy = logits_filter.temperature == 0
-    return wrapper.generate(
-        prompt,
-        max_new_tokens,
-        eos_token=decoding.eos_id,
-        temperature=0.0 if greedy else 1.0,
-        filter_logits_fn=replace(logits_filter, temperature=1.0) if greedy else logits_filter,
-        cache_kv=decoding.cache_kv,
-        **net_kwargs,
-    )
+    lengths = torch.tensor([p.shape[-1] for p in prompts], device=prompts[0].device)
+    out = pad_sequence(
+        [p.flip(0) for p in prompts], batch_first=True, padding_value=decoding.pad_id
+    ).flip(1)  # left-padded [B, T]
+    pad_counts = prompt_len - lengths
+    max_seq_len, logits_filter = net.max_seq_len, decoding.logits_filter
+    use_cache = decoding.cache_kv and net.can_cache_kv
+    cache = None
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                window = out[:, -max_seq_len:]
+                if cache is not None and out.shape[1] > max_seq_len:
+                    for layer in cache.attn_intermediates:
+                        if layer.layer_type == "a":
+                            layer.cached_kv = [
+                                t[..., -(max_seq_len - 1) :, :] for t in layer.cached_kv
+                            ]
+                logits, next_cache = net(
+                    window,
+                    return_intermediates=True,
+                    cache=cache,
+                    seq_start_pos=window_pad_counts(pad_counts, out.shape[1], max_seq_len),
+                    **net_kwargs,
+                )
+                cache = next_cache if use_cache else None
+                logits = logits_filter(logits[:, -1])
+                if logits_filter.greedy:
+                    sample = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    sample = torch.multinomial(F.softmax(logits, dim=-1), 1)
+                out = torch.cat((out, sample), dim=-1)
+                if (out[:, prompt_len:] == decoding.eos_id).any(dim=-1).all():
+                    break
+    finally:
+        net.train(was_training)
+    new = out[:, prompt_len:]
+    after_eos = (new == decoding.eos_id).long().cumsum(dim=-1) - (new == decoding.eos_id).long()
+    return new.masked_fill(after_eos > 0, decoding.pad_id)
