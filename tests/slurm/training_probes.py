@@ -1,7 +1,8 @@
 """Callbacks the SLURM training tests add to a real run (importable on the nodes via PYTHONPATH).
 
 `StepPace` holds each optimizer step to a minimum duration, so a run's length in seconds is
-known and a 2-minute job is reliably signalled before it finishes; `RankReport` writes what
+known and a 2-minute job is reliably signalled before it finishes; `ValidationPace` makes a
+validation last a known time; `RankReport` writes what
 each DDP rank ended with, so the test can check that all ranks agree.
 """
 
@@ -26,6 +27,17 @@ class StepPace(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         time.sleep(max(0.0, self.step_s - (time.monotonic() - self._started)))
+
+
+class ValidationPace(pl.Callback):
+    """Sleep `batch_s` after every validation batch: a validation whose length is known."""
+
+    def __init__(self, batch_s: float):
+        self.batch_s = batch_s
+
+    def on_validation_batch_end(self, trainer, pl_module, *args, **kwargs) -> None:
+        if not trainer.sanity_checking:
+            time.sleep(self.batch_s)
 
 
 class RankReport(pl.Callback):
