@@ -6,6 +6,7 @@ runs after it, which is what SIGKILL leaves on disk (the randomised test in
 `test_random_kills.py` uses real SIGKILLs).
 """
 
+import csv
 import json
 import os
 
@@ -95,10 +96,17 @@ def test_preemption_inside_an_accumulation_window_saves_at_the_window_end(tmp_pa
         assert_same_weights(reference, weights(resumed))
 
 
-def test_validation_counts_optimizer_steps_under_accumulation(tmp_path):
-    train(smoke(tmp_path, "trainer.max_steps=4", "trainer.accumulate_grad_batches=3"))
+def test_validation_checkpoints_and_logging_count_optimizer_steps_under_accumulation(tmp_path):
+    cfg = smoke(tmp_path, "trainer.max_steps=4", "trainer.accumulate_grad_batches=3",
+                logger="csv")
+    train(cfg)
     events = CheckpointHistory(tmp_path / "checkpoints").events()
     assert sorted({e["step"] for e in events if e["metric"] == "val/loss"}) == [2, 4]
+    assert sorted({e["step"] for e in events if e["path"].endswith(LAST_CHECKPOINT)}) == [2, 4]
+    (metrics,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    assert [int(r["step"]) for r in rows if r["train/loss"]] == [0, 1, 2, 3]
+    assert [int(r["step"]) for r in rows if r["val/loss"]] == [1, 3]  # after steps 2 and 4
 
 
 def test_a_preempted_then_finished_run_has_one_current_last_checkpoint(tmp_path, straight):

@@ -226,9 +226,6 @@ class RunCheckpoints(Checkpoint):
 
     # --- files -----------------------------------------------------------------------------
 
-    def _rank_zero(self, trainer: "pl.Trainer") -> bool:
-        return trainer.is_global_zero
-
     def _save(self, trainer: "pl.Trainer", path: Path, value: float | None = None) -> None:
         self._record = {
             "run_id": self.run_id,
@@ -237,12 +234,12 @@ class RunCheckpoints(Checkpoint):
             "value": value,
         }
         trainer.save_checkpoint(path)
-        if self._rank_zero(trainer):
+        if trainer.is_global_zero:
             metric = self.monitor if value is not None else None
             self.history.record("written", path, trainer.global_step, metric, value)
 
     def _remove(self, trainer: "pl.Trainer", path: Path, reason: str) -> None:
-        if self._rank_zero(trainer):
+        if trainer.is_global_zero:
             path.unlink(missing_ok=True)
             self.history.record("removed", path, trainer.global_step, None, None, reason=reason)
 
@@ -253,7 +250,7 @@ class RunCheckpoints(Checkpoint):
         path = self.checkpoint_dir / LAST_CHECKPOINT
         if copy_of is None:
             self._save(trainer, path)
-        elif self._rank_zero(trainer):
+        elif trainer.is_global_zero:
             partial = partial_path(path)
             shutil.copyfile(copy_of, partial)
             with open(partial, "rb+") as handle:
@@ -285,7 +282,7 @@ class RunCheckpoints(Checkpoint):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """After any restore: clear what a kill left, forget the future a resume repeats."""
         step = trainer.global_step
-        if self._rank_zero(trainer) and self.checkpoint_dir.is_dir():
+        if trainer.is_global_zero and self.checkpoint_dir.is_dir():
             for partial in self.checkpoint_dir.glob(f".*{PARTIAL_SUFFIX}"):
                 partial.unlink(missing_ok=True)
             for name, event in sorted(self.history.written().items()):
@@ -295,17 +292,19 @@ class RunCheckpoints(Checkpoint):
                         self.checkpoint_dir / name,
                         f"newer than step {step}, which this run resumes from",
                     )
-        written = self.history.written() if self.checkpoint_dir.is_dir() else {}
-        self.best = sorted(
-            (
-                e
-                for name, e in written.items()
-                if e.get("metric") == self.monitor
-                and e.get("value") is not None
-                and (self.checkpoint_dir / name).is_file()
-            ),
-            key=lambda e: (e["value"], e["step"]),
-        )
+        best = []
+        if trainer.is_global_zero and self.checkpoint_dir.is_dir():
+            best = sorted(
+                (
+                    e
+                    for name, e in self.history.written().items()
+                    if e.get("metric") == self.monitor
+                    and e.get("value") is not None
+                    and (self.checkpoint_dir / name).is_file()
+                ),
+                key=lambda e: (e["value"], e["step"]),
+            )
+        self.best = trainer.strategy.broadcast(best)  # every rank decides top-k alike
         self._prune(trainer)
         self.last_step = step if step > 0 else None
 

@@ -3,8 +3,9 @@
 
 The handler only sets a flag. At the next optimizer-step boundary (never inside a
 gradient-accumulation window) all ranks agree through an all-reduce, the run's checkpoint
-writer saves `last.ckpt`, and `Preempted` ends `fit` at once: no validation or anything else
-runs between the signal and the save. A signal during validation stops it at the next
+writer saves `last.ckpt`, and `Preempted` ends `fit` at the next hook (Lightning logs the
+step's metrics in between): no validation or anything else runs between the signal and the
+save, and none after it but a batch fetch. A signal during validation stops it at the next
 validation batch without a save (the run resumes from the last `last.ckpt` and validates
 again). The handler that was installed before ours (submitit's requeue handler under SLURM) is
 then called by `train.py`, so the job requeues; resume continues from the saved step.
@@ -46,6 +47,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.signal_received: signal.Signals | None = None
         self.previous_handlers: dict[signal.Signals, object] = {}
         self._replaced_handlers: dict[signal.Signals, object] = {}
+        self._stop: Preempted | None = None
 
     def _on_signal(self, signum: int, frame) -> None:
         received = signal.Signals(signum)
@@ -79,11 +81,21 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         writer: RunCheckpoints = trainer.checkpoint_callback
-        if not writer.at_step_boundary(trainer) or not self._any_rank_signalled(trainer, pl_module):
+        if self._stop is not None or not writer.at_step_boundary(trainer):
+            return
+        if not self._any_rank_signalled(trainer, pl_module):
             return
         if writer.last_step != trainer.global_step:
             writer.save_last(trainer)
-        raise Preempted(self._received(), trainer.global_step, saved=True)
+        # Raised at the next hook, once Lightning has logged this step's metrics: a
+        # validation (`on_validation_start`) or the next batch, whichever comes first.
+        self._stop = Preempted(self._received(), trainer.global_step, saved=True)
+
+    def _stop_if_saved(self, *args, **kwargs) -> None:
+        if self._stop is not None:
+            raise self._stop
+
+    on_train_batch_start = on_validation_start = _stop_if_saved
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0

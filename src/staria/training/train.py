@@ -202,8 +202,8 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     if changes:
         keep_stored_config(run_dir)
     prepare_run_dir(cfg)
-    with run_log(run_dir), owned_wandb_runs(loggers):
-        return _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers)
+    with run_log(run_dir), OwnedWandbRuns(loggers) as wandb_runs:
+        return _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs)
 
 
 @rank_zero_only
@@ -231,26 +231,41 @@ def resume_command() -> str:
     return " ".join(["staria-train", *(shlex.quote(o) for o in overrides)])
 
 
-@contextlib.contextmanager
-def owned_wandb_runs(loggers: list) -> Iterator[None]:
-    """Finish each W&B run this job started when the job ends (also in a multirun, where the
-    next job would otherwise log into it); a preempted run is marked as such."""
-    try:
-        yield
-    except BaseException:
-        _finish_wandb(loggers, exit_code=1)
-        raise
-    _finish_wandb(loggers, exit_code=0)
+class OwnedWandbRuns:
+    """The W&B runs this job's loggers started, finished exactly once when the job ends (also
+    in a multirun, where the next job would otherwise log into the same run). A finish that
+    fails (a W&B service torn down with a SLURM job step) is logged and never replaces the
+    job's own outcome."""
+
+    def __init__(self, loggers: list):
+        self.loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
+        self.finished = False
+
+    def __enter__(self) -> "OwnedWandbRuns":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.finish(exit_code=0 if kind is None else 1)
+
+    def finish(self, exit_code: int, preempting: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for logger in self.loggers:
+            run = logger._experiment
+            if run is None:
+                continue
+            try:
+                if preempting:
+                    run.mark_preempting()
+                run.finish(exit_code=exit_code)
+            except Exception as error:
+                log.warning(
+                    "W&B run %s did not finish cleanly: %s: %s", run.id, type(error).__name__, error
+                )
 
 
-def _finish_wandb(loggers: list, exit_code: int) -> None:
-    for logger in loggers:
-        run = getattr(logger, "_experiment", None)
-        if isinstance(logger, WandbLogger) and run is not None:
-            run.finish(exit_code=exit_code)
-
-
-def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers) -> pl.Trainer:
+def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs) -> pl.Trainer:
     """Everything after the run folder may change: report, fit (or resume), test."""
     run_dir = Path(cfg.paths.run_dir)
     for path in point.ignored:
@@ -271,7 +286,7 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers) -> 
             "; ".join(changes),
         )
     task.apply_stage()
-    for logger in loggers:
+    for logger in trainer.loggers:
         logger.log_hyperparams(
             {**OmegaConf.to_container(cfg, resolve=True), **parameter_counts(task.net)}
         )
@@ -290,11 +305,9 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, loggers) -> 
                 )
         except Preempted as stop:
             log.warning("%s; resume with: %s", stop, resume_command())
-            for logger in loggers:
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger.experiment.mark_preempting()
+            wandb_runs.finish(exit_code=EXIT_INTERRUPTED, preempting=True)
             preemption = next(cb for cb in callbacks if isinstance(cb, PreemptionCheckpoint))
-            preemption.chain(stop.signal)
+            preemption.chain(stop.signal)  # submitit's requeue exits here
             return trainer
         if trainer.is_global_zero:
             mark_finished(run_dir, trainer.global_step)
