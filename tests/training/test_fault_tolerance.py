@@ -97,8 +97,7 @@ def test_preemption_inside_an_accumulation_window_saves_at_the_window_end(tmp_pa
 
 
 def test_validation_checkpoints_and_logging_count_optimizer_steps_under_accumulation(tmp_path):
-    cfg = smoke(tmp_path, "trainer.max_steps=4", "trainer.accumulate_grad_batches=3",
-                logger="csv")
+    cfg = smoke(tmp_path, "trainer.max_steps=4", "trainer.accumulate_grad_batches=3", logger="csv")
     train(cfg)
     events = CheckpointHistory(tmp_path / "checkpoints").events()
     assert sorted({e["step"] for e in events if e["metric"] == "val/loss"}) == [2, 4]

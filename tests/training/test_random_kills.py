@@ -1,5 +1,5 @@
 """Real signals to a real `staria-train` process: SIGKILL at random moments (and inside
-checkpoint writes), and SIGTERM to the whole process group with DataLoader workers.
+checkpoint writes), and SIGTERM to the whole process group (DataLoader workers, DDP ranks).
 
 After every kill the same command is run again, until one run ends; the final weights, step
 and checkpoint folder must equal an uninterrupted run's. The seed of the random moments is
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import descendants, gone_within
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT
@@ -122,19 +123,21 @@ def test_kills_at_random_moments_and_inside_writes_change_nothing(tmp_path, envi
     assert_same(final_state(run_dir), reference_state, f"seed {seed}, kills {log}")
 
 
-@pytest.mark.slow
-def test_sigterm_to_the_process_group_with_workers_saves_and_resumes(tmp_path, environment):
-    run_dir = tmp_path / "run"
+def signal_the_group_once_it_checkpointed(run_dir: Path, environment, *overrides: str):
+    """Start `staria-train` in its own session, SIGTERM the whole group (what SLURM and
+    `kill -- -<pgid>` do) once its first checkpoint is written; (exit status, output, pids)."""
     process = subprocess.Popen(
-        command(
-            run_dir,
-            "none",
-            0,
-            "data.num_workers=2",
+        [
+            sys.executable,
+            "-m",
+            "staria.training.train",
+            *OVERRIDES,
+            f"hydra.run.dir={run_dir}",
             "trainer.max_steps=400",
             "callbacks.checkpointing.last_every_n_steps=1000",
-        ),
-        cwd=tmp_path,
+            *overrides,
+        ],
+        cwd=run_dir.parent,
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -146,11 +149,28 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes(tmp_path, e
     while not history.is_file():  # the first validation (step 2) wrote a checkpoint
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGTERM)  # what SLURM and `kill -- -<pgid>` do
+    group = {process.pid, *descendants(process.pid)}
+    os.killpg(process.pid, signal.SIGTERM)
     output, _ = process.communicate(timeout=TIMEOUT_S)
-    assert process.returncode == EXIT_INTERRUPTED, output[-3000:]
-    assert "killed by signal" not in output
+    return process.returncode, output, group
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "processes"),
+    [(("data.num_workers=2",), 3), (("trainer.devices=2", "trainer.strategy=ddp"), 2)],
+    ids=["dataloader-workers", "two-ddp-ranks"],
+)
+def test_sigterm_to_the_process_group_saves_and_stops_every_process(
+    tmp_path, environment, overrides, processes
+):
+    run_dir = tmp_path / "run"
+    code, output, group = signal_the_group_once_it_checkpointed(run_dir, environment, *overrides)
+    assert len(group) >= processes, "the main process and its workers or other rank"
+    assert code == EXIT_INTERRUPTED, output[-3000:]
+    assert "killed by signal" not in output and "Traceback" not in output, output[-3000:]
     assert "resume with: staria-train" in output
+    assert gone_within(group, 30), "every rank and worker ended"
     point = resume_point(run_dir, run_dir / "checkpoints")
     assert point.checkpoint is not None and point.checkpoint.name == LAST_CHECKPOINT
     assert torch.load(point.checkpoint)["global_step"] >= 2

@@ -7,7 +7,10 @@ reads the framing and lets wandb's own protobuf classes parse the records.
 """
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,3 +125,41 @@ def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume
     assert [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"] == [run_id]
     steps = [h["trainer/global_step"] for h in logged(records, "history") if "train/loss" in h]
     assert steps and min(steps) >= 2, "the resumed run logs from the step it resumed at"
+
+
+@pytest.mark.slow
+def test_each_job_of_a_local_multirun_owns_its_wandb_run(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "staria.training.train",
+        "-m",
+        "experiment=smoke",
+        "logger=wandb",
+        "seed=0,1",
+        "trainer.max_steps=2",
+        "data.max_seq_len=128",
+        "print_config=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    run = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    run_ids = []
+    for seed in (0, 1):
+        job_dir = sweep_dir / str(seed)
+        run_id = (job_dir / WANDB_ID_FILE).read_text().strip()
+        (folder,) = (job_dir / "wandb").glob("offline-run-*")  # its own run, one
+        assert folder.name.endswith(f"-{run_id}")
+        records = finished_log(folder, run_id)
+        assert [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"] == [run_id]
+        assert logged(records, "config")[0]["seed"] == seed
+        run_ids.append(run_id)
+    assert run_ids[0] != run_ids[1]
