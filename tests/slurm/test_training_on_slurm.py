@@ -147,6 +147,10 @@ def test_job_past_its_time_limit_checkpoints_requeues_and_resumes(
     slurm_cluster, tmp_path, data_cache
 ):
     # 100 s of paced steps: the signal (at most 90 s in) always comes before the run finishes.
+    # A validation lasts 2 x 45 s, longer than the 30 s between the signal and the time limit;
+    # scheduled ones never come (val_check_interval > max_steps), so one run after the signal
+    # (Lightning validates when a callback stops training) would outlast the window: the job
+    # would be killed before requeueing and never finish.
     max_steps, step_s = 200, 0.5
     staria_train_on_slurm(
         tmp_path,
@@ -164,10 +168,14 @@ def test_job_past_its_time_limit_checkpoints_requeues_and_resumes(
         "callbacks.checkpointing.last_every_n_steps=50",
         "+callbacks.pace._target_=training_probes.StepPace",
         f"+callbacks.pace.step_s={step_s}",
+        "trainer.limit_val_batches=2",
+        "+callbacks.validation_pace._target_=training_probes.ValidationPace",
+        "+callbacks.validation_pace.batch_s=45",
         timeout_s=400,
     )
     run_dir = tmp_path / SWEEP_DIR / "0"
     assert json.loads((run_dir / FINISHED_MARKER).read_text())["global_step"] == max_steps
+    assert not any(row.get("val/loss") for rows in csv_metrics(run_dir) for row in rows)
 
     # One CSV version per start: each start continues from the step the previous one reached.
     starts = [train_losses(rows) for rows in csv_metrics(run_dir)]
@@ -186,36 +194,3 @@ def test_job_past_its_time_limit_checkpoints_requeues_and_resumes(
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == len(starts)
     assert all(path.name.endswith(f"-{run_id}") for path in offline_runs)
-
-
-def test_no_validation_runs_between_the_preemption_signal_and_the_requeue(
-    slurm_cluster, tmp_path, data_cache
-):
-    # A validation here lasts 2 x 45 s, longer than the 30 s between the signal and the time
-    # limit. Scheduled validations never come (val_check_interval > max_steps), so one after
-    # the signal (Lightning validates when a callback stops training) would outlast the
-    # window, the job would be killed before requeueing, and the run would never finish.
-    max_steps = 200
-    staria_train_on_slurm(
-        tmp_path,
-        slurm_cluster,
-        data_cache,
-        "hydra.launcher.timeout_min=2",
-        "hydra.launcher.signal_delay_s=30",
-        "hydra.launcher.max_num_timeout=3",
-        f"trainer.max_steps={max_steps}",
-        "trainer.val_check_interval=1000",
-        "trainer.limit_val_batches=2",
-        "trainer.log_every_n_steps=1",
-        "callbacks.checkpointing.last_every_n_steps=50",
-        "+callbacks.pace._target_=training_probes.StepPace",
-        "+callbacks.pace.step_s=0.5",
-        "+callbacks.validation_pace._target_=training_probes.ValidationPace",
-        "+callbacks.validation_pace.batch_s=45",
-        timeout_s=400,
-    )
-    run_dir = tmp_path / SWEEP_DIR / "0"
-    assert json.loads((run_dir / FINISHED_MARKER).read_text())["global_step"] == max_steps
-    starts = [train_losses(rows) for rows in csv_metrics(run_dir)]
-    assert len(starts) >= 2, "the run was signalled and requeued"
-    assert not any(row.get("val/loss") for rows in csv_metrics(run_dir) for row in rows)

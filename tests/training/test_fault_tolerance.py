@@ -248,3 +248,18 @@ def test_each_job_in_one_process_owns_and_finishes_its_wandb_run(tmp_path, monke
         run_ids.append(cfg.run_id)
         assert list((run_dir / "wandb").glob(f"offline-run-*-{cfg.run_id}"))
     assert run_ids[0] != run_ids[1]
+
+
+def test_a_damaged_config_or_wandb_id_is_kept_aside_and_the_run_resumes(tmp_path, straight):
+    cfg = smoke(tmp_path, *SIX_STEPS)
+    preempt_at_step(cfg, 2)
+    train(cfg)
+    stored = tmp_path / "config.yaml"
+    damaged = stored.read_text()[:37] + "\n  - [unclosed"
+    stored.write_text(damaged)
+    (tmp_path / "wandb_run_id").write_text("")  # a kill while an older version wrote it
+    resumed = train(smoke(tmp_path, *SIX_STEPS))
+    assert (tmp_path / "config.yaml.damaged").read_text() == damaged
+    assert "max_steps: 6" in stored.read_text()
+    assert len((tmp_path / "wandb_run_id").read_text().strip()) == 12
+    assert_matches_straight(tmp_path, resumed, straight)

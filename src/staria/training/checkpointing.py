@@ -64,16 +64,20 @@ def replace_atomically(partial: Path, path: Path) -> None:
     _fsync_folder(path.parent)
 
 
-def write_json_atomic(path: Path, content: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write then rename in the same folder, so readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     with open(partial, "w") as handle:
-        handle.write(json.dumps(content, indent=2))
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     replace_atomically(partial, path)
+
+
+def write_json_atomic(path: Path, content: Any) -> None:
+    write_text_atomic(path, json.dumps(content, indent=2))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -6,10 +6,13 @@ newest checkpoint that loads, or nothing because the run is finished. The SLURM 
 calls the same functions, so a requeued job and a hand-resubmitted one behave alike.
 """
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from staria.training import safe_loading
 from staria.training.checkpointing import (
@@ -17,6 +20,7 @@ from staria.training.checkpointing import (
     LAST_CHECKPOINT,
     CheckpointHistory,
     write_json_atomic,
+    write_text_atomic,
 )
 
 FINISHED_MARKER = "finished.json"
@@ -116,20 +120,36 @@ def checkpoint_load_error(path: Path, allow_pickle_runs_code: bool = False) -> s
     return None
 
 
+def _stored_wandb_run_id(run_dir: Path) -> str | None:
+    id_file = Path(run_dir) / WANDB_ID_FILE
+    if not id_file.is_file():
+        return None
+    run_id = id_file.read_text(errors="replace").strip()
+    return run_id if re.fullmatch(r"[0-9a-z]+", run_id) else None  # a damaged file: None
+
+
 def wandb_run_id(run_dir: Path) -> str:
     """The run's stored W&B id, or a new one (`store_wandb_run_id` keeps it): a resumed run
     logs to the same W&B run. Reads only."""
-    id_file = Path(run_dir) / WANDB_ID_FILE
-    if id_file.is_file():
-        return id_file.read_text().strip()
-    return uuid.uuid4().hex[:12]
+    return _stored_wandb_run_id(run_dir) or uuid.uuid4().hex[:12]
 
 
 def store_wandb_run_id(run_dir: Path, run_id: str) -> None:
-    id_file = Path(run_dir) / WANDB_ID_FILE
-    if not id_file.is_file():
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
+    """Keep `run_id` unless the run folder already holds a valid one."""
+    if _stored_wandb_run_id(run_dir) is None:
+        write_text_atomic(Path(run_dir) / WANDB_ID_FILE, run_id)
+
+
+def load_stored_config(path: Path) -> dict | None:
+    """The resolved config a run stored (`config.yaml`) as a dict; None when absent or damaged
+    (not YAML, not a mapping)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        stored = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception:  # any parse failure: a damaged file
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 # Settings a rerun may change: how it runs, records and prints, not what it trains. Keys whose

@@ -7,6 +7,7 @@ resumes, starts fresh, or does nothing because the run finished (`resume.resume_
 import contextlib
 import logging
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from rich.tree import Tree
 
 from staria.paths import REPO_ROOT
 from staria.training import safe_loading
-from staria.training.checkpointing import HISTORY_FILE
+from staria.training.checkpointing import HISTORY_FILE, write_text_atomic
 from staria.training.config import (
     ConfigValueError,
     check_no_missing,
@@ -38,6 +39,7 @@ from staria.training.resume import (
     ResumePoint,
     config_changes,
     has_progress,
+    load_stored_config,
     mark_finished,
     resume_point,
     store_wandb_run_id,
@@ -99,9 +101,9 @@ def changed_settings(cfg: DictConfig, run_dir: Path) -> list[str]:
     progress (`resume.has_progress`, judged by the stored settings, which a command cannot
     move). Refused unless `resume.apply_changes`: then they apply from the resumed step."""
     stored_path = run_dir / RESOLVED_CONFIG
-    if not stored_path.is_file():
+    stored = load_stored_config(stored_path)
+    if stored is None:  # none yet, or damaged (prepare_run_dir keeps it aside)
         return []
-    stored = OmegaConf.to_container(OmegaConf.load(stored_path), resolve=True)
     stored_checkpoints = stored.get("paths", {}).get("checkpoint_dir")
     if not has_progress(run_dir, stored_checkpoints):
         return []  # an earlier attempt that never saved: new settings may replace it
@@ -164,7 +166,15 @@ def prepare_run_dir(cfg: DictConfig) -> None:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store_wandb_run_id(run_dir, cfg.run_id)
-    OmegaConf.save(cfg, run_dir / RESOLVED_CONFIG, resolve=True)
+    stored = run_dir / RESOLVED_CONFIG
+    if stored.is_file() and load_stored_config(stored) is None:
+        stored.replace(run_dir / f"{RESOLVED_CONFIG}.damaged")
+        log.warning(
+            "%s was damaged: kept as %s.damaged, replaced by this command's settings",
+            stored,
+            RESOLVED_CONFIG,
+        )
+    write_text_atomic(stored, OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.print_config:
         rich_print(config_tree(cfg))
 
@@ -210,7 +220,7 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
 def keep_stored_config(run_dir: Path) -> None:
     """Keep the settings a run had before a rerun changed them, as `config.until-<time>.yaml`."""
     stored = run_dir / RESOLVED_CONFIG
-    stored.rename(run_dir / f"config.until-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    shutil.copyfile(stored, run_dir / f"config.until-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
 
 
 @rank_zero_only
