@@ -25,7 +25,12 @@ from training.runs import (
 )
 
 from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, CheckpointHistory
-from staria.training.resume import FINISHED_MARKER, resume_point
+from staria.training.resume import (
+    FINISHED_MARKER,
+    RunInUseError,
+    resume_point,
+    run_folder_lock,
+)
 from staria.training.train import (
     RunConfigChangedError,
     UnusableCheckpointsError,
@@ -263,3 +268,15 @@ def test_a_damaged_config_or_wandb_id_is_kept_aside_and_the_run_resumes(tmp_path
     assert "max_steps: 6" in stored.read_text()
     assert len((tmp_path / "wandb_run_id").read_text().strip()) == 12
     assert_matches_straight(tmp_path, resumed, straight)
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused_and_writes_nothing(tmp_path):
+    cfg = smoke(tmp_path, *SIX_STEPS)
+    preempt_at_step(cfg, 2)
+    train(cfg)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    in_use = pytest.raises(RunInUseError, match="in use by another staria-train")
+    with run_folder_lock(tmp_path, create=False), in_use:  # what a running staria-train holds
+        train(smoke(tmp_path, *SIX_STEPS))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert train(smoke(tmp_path, *SIX_STEPS)).global_step == 6  # free again

@@ -6,9 +6,13 @@ newest checkpoint that loads, or nothing because the run is finished. The SLURM 
 calls the same functions, so a requeued job and a hand-resubmitted one behave alike.
 """
 
+import contextlib
+import fcntl
+import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +96,37 @@ def resume_point(
             return ResumePoint(False, path, skipped, ignored, history.is_damaged())
         skipped.append(UnloadableCheckpoint(path, reason))
     return ResumePoint(False, None, skipped, ignored, history.is_damaged())
+
+
+class RunInUseError(RuntimeError):
+    """Another process is training in the same run folder."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path, create: bool) -> Iterator[None]:
+    """Hold an exclusive, non-blocking `flock` on the run folder itself (no file is written)
+    while a run uses it; the kernel releases it when the process ends, even by SIGKILL.
+    A folder that does not exist is created only with `create`, else nothing is locked.
+
+    Raises `RunInUseError` when another process holds it."""
+    run_dir = Path(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        yield
+        return
+    handle = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUseError(
+                f"{run_dir} is in use by another staria-train; wait for it to stop, or start "
+                "a new run (another `name=`)"
+            ) from None
+        yield
+    finally:
+        os.close(handle)
 
 
 def has_progress(run_dir: Path, stored_checkpoint_dir: Path | None) -> bool:

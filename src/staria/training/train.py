@@ -42,6 +42,7 @@ from staria.training.resume import (
     load_stored_config,
     mark_finished,
     resume_point,
+    run_folder_lock,
     store_wandb_run_id,
     wandb_run_id,
 )
@@ -183,13 +184,21 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     """Fit (resuming if the run folder has a checkpoint) and test; None if the run had finished.
 
     Everything is checked and built before the run folder changes: a wrong key, type or value,
-    settings that differ from the run's stored ones, or a run whose checkpoints are all
-    unusable fail with nothing written. A preempted or interrupted run returns its trainer
-    with `state.status` INTERRUPTED, after `last.ckpt` was saved (`preemption`).
+    settings that differ from the run's stored ones, a run whose checkpoints are all unusable,
+    or a run folder another process is training in fail with nothing written. A preempted or
+    interrupted run returns its trainer with `state.status` INTERRUPTED, after `last.ckpt` was
+    saved (`preemption`).
     """
     check_no_missing(cfg)
     check_target_arguments(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    with contextlib.ExitStack() as held:
+        if rank_zero_only.rank == 0:
+            held.enter_context(run_folder_lock(run_dir, create=False))
+        return _train(cfg, run_dir, held)
+
+
+def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Trainer | None:
     if cfg.run_id is None:
         cfg.run_id = wandb_run_id(run_dir)
     changes = changed_settings(cfg, run_dir)
@@ -209,6 +218,8 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
     if point.checkpoint is None and cfg.init_from:
         task.init_from(cfg.init_from, allow_pickle)
+    if rank_zero_only.rank == 0 and not run_dir.is_dir():  # a new run: lock it as it appears
+        held.enter_context(run_folder_lock(run_dir, create=True))
     if changes:
         keep_stored_config(run_dir)
     prepare_run_dir(cfg)
