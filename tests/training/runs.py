@@ -90,3 +90,18 @@ class KillAt(pl.Callback):
     def _maybe_kill(self, trainer, *args, **kwargs):
         if trainer.global_step == self.step and not trainer.sanity_checking:
             raise SimulatedKill(f"{self.hook} at step {self.step}")
+
+
+class SigtermAfterLightningsHandler(pl.Callback):
+    """Sends SIGTERM right after Lightning installs its own SIGTERM handler, before training
+    starts (the window where Lightning, not Staria, catches it)."""
+
+    def setup(self, trainer, pl_module, stage):
+        connector = trainer._signal_connector
+        register = connector.register_signal_handlers
+
+        def register_then_signal():
+            register()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        connector.register_signal_handlers = register_then_signal

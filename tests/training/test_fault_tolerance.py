@@ -18,6 +18,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from training.runs import (
     KillAt,
     SignalAtStep,
+    SigtermAfterLightningsHandler,
     SimulatedKill,
     add_callback,
     preempt_at_step,
@@ -238,6 +239,14 @@ def test_ctrl_c_saves_at_the_next_step_like_a_preemption(tmp_path, straight):
     stopped = train(cfg)
     assert stopped.state.status == TrainerStatus.INTERRUPTED
     assert last_step(tmp_path) == 3
+    assert_matches_straight(tmp_path, train(smoke(tmp_path, *SIX_STEPS)), straight)
+
+
+def test_a_sigterm_before_training_starts_still_saves_at_the_first_step(tmp_path, straight):
+    cfg = smoke(tmp_path, *SIX_STEPS)
+    add_callback(cfg, "sigterm", SigtermAfterLightningsHandler)
+    stopped = train(cfg)
+    assert stopped.state.status == TrainerStatus.INTERRUPTED and last_step(tmp_path) == 1
     assert_matches_straight(tmp_path, train(smoke(tmp_path, *SIX_STEPS)), straight)
 
 

@@ -74,6 +74,10 @@ class PreemptionCheckpoint(pl.Callback):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         for sig in self.signals:
             self._replaced_handlers[sig] = signal.signal(sig, self._on_signal)
+        connector = trainer._signal_connector  # a SIGTERM Lightning caught during setup
+        if signal.SIGTERM in self.signals and connector.received_sigterm:
+            connector.received_sigterm = False  # else Lightning stops without our checkpoint
+            self.signal_received = self.signal_received or signal.SIGTERM
 
     def _any_rank_signalled(self, trainer: "pl.Trainer", pl_module) -> bool:
         received = torch.tensor(self.signal_received is not None, device=pl_module.device)
