@@ -35,6 +35,7 @@ from staria.data.preprocess import (
     COMPLETE_MARKER,
     CachedSplit,
     IncompleteIndexError,
+    IndexResult,
     IndexSettings,
     TokenLayout,
     build_index,
@@ -68,6 +69,10 @@ def synthetic_pieces(config: SynthesisConfig, cache_dir: Path) -> Path:
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted run's leftovers
             os.replace(temp, folder)
     return folder
+
+
+class NotEnoughDataError(ValueError):
+    """The indexed data cannot train: a split training needs has no examples."""
 
 
 class MidiDataModule(L.LightningDataModule):
@@ -171,6 +176,27 @@ class MidiDataModule(L.LightningDataModule):
         for split in STAGE_SPLITS.get(stage or "fit", ("train", "val", "test")):
             source = PieceSource(CachedSplit(found.split_dirs[split]), layout)
             self.datasets[split] = self._dataset(source, split)
+        if (stage or "fit") == "fit":
+            self.check_trainable(found)
+
+    def check_trainable(self, found: IndexResult) -> None:
+        """`NotEnoughDataError` unless training has examples and validation (unless switched
+        off with `trainer.limit_val_batches=0`) has some: an empty or tiny folder fails before
+        any step, naming the folders, the counts and what is needed."""
+        validates = self.trainer is None or self.trainer.limit_val_batches != 0
+        needed = ("train", "val") if validates else ("train",)
+        empty = [split for split in needed if len(self.datasets[split]) == 0]
+        if not empty:
+            return
+        counts = ", ".join(f"{split} {n}" for split, n in found.counts.items())
+        where = ", ".join(str(s) for s in self.sources())
+        raise NotEnoughDataError(
+            f"{where}: no {' or '.join(empty)} examples (pieces indexed: {counts}; report "
+            f"{found.report_path}). Training needs at least one training and one validation "
+            f"piece: add MIDI files to `data.folders`, raise `data.val_fraction` (now "
+            f"{self.index_settings.val_fraction}), or switch validation off with "
+            "trainer.limit_val_batches=0"
+        )
 
     def _dataset(self, source: PieceSource, split: str) -> Dataset:
         seed = self.seed + ("train", "val", "test").index(split)

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, open_dict
 from staria.generation.generate import generate
 from staria.generation.manifest import MANIFEST_FILE
 from staria.paths import REPO_ROOT
-from staria.training.resume import LAST_CHECKPOINT, is_finished
+from staria.training.checkpointing import LAST_CHECKPOINT
+from staria.training.resume import is_finished
 from staria.training.train import train
 
 log = logging.getLogger(__name__)

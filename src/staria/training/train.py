@@ -119,6 +119,10 @@ def changed_settings(cfg: DictConfig, run_dir: Path) -> list[str]:
     return changes
 
 
+class NothingTrainedError(RuntimeError):
+    """`fit` returned without an optimizer step: nothing to mark finished."""
+
+
 class UnusableCheckpointsError(RuntimeError):
     """Every checkpoint a run wrote fails to load; starting over is the user's choice."""
 
@@ -218,6 +222,10 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
     if point.checkpoint is None and cfg.init_from:
         task.init_from(cfg.init_from, allow_pickle)
+    if cfg.train:  # data that cannot train fails here, before the run folder changes
+        datamodule.trainer = trainer
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     if rank_zero_only.rank == 0 and not run_dir.is_dir():  # a new run: lock it as it appears
         held.enter_context(run_folder_lock(run_dir, create=True))
     if changes:
@@ -330,6 +338,11 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs) 
             preemption = next(cb for cb in callbacks if isinstance(cb, PreemptionCheckpoint))
             preemption.chain(stop.signal)  # submitit's requeue exits here
             return trainer
+        if trainer.global_step == 0:
+            raise NothingTrainedError(
+                f"{run_dir}: fit ended without a single optimizer step (trainer.max_steps="
+                f"{cfg.trainer.max_steps}); the run is not marked finished"
+            )
         if trainer.is_global_zero:
             mark_finished(run_dir, trainer.global_step)
         val_loss = trainer.callback_metrics.get("val/loss")
@@ -356,9 +369,24 @@ class HydraConfigForLaunchers(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    trainer = train(cfg)
+    try:
+        trainer = train(cfg)
+    except BaseException:
+        remove_empty_run_dir(cfg)
+        raise
     if trainer is not None and trainer.state.status == TrainerStatus.INTERRUPTED:
         sys.exit(EXIT_INTERRUPTED)
+
+
+@rank_zero_only
+def remove_empty_run_dir(cfg: DictConfig) -> None:
+    """A refused command leaves no trace: the run folder Hydra created for it, and its parents
+    up to `paths.runs_dir`, go when empty."""
+    with contextlib.suppress(Exception):  # an unresolvable or busy path: nothing to tidy
+        folder, runs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.runs_dir)
+        while (folder == runs_dir or runs_dir in folder.parents) and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
 
 if __name__ == "__main__":
