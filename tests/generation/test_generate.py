@@ -15,7 +15,9 @@ from staria.data.preprocess import CachedSplit, TokenLayout
 from staria.evaluation.samples import read_manifest
 from staria.generation.checkpoint import load_checkpoint
 from staria.generation.generate import generate
+from staria.generation.manifest import OutputFolderError
 from staria.generation.prompts import PromptError, piece_from_split, section_snippets
+from staria.generation.sampling import SamplingConfigError
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
 
@@ -146,3 +148,23 @@ def test_decoded_midi_holds_the_sampled_notes(runs, tmp_path):
         notes = TOKENIZER.ids_to_notes(np.asarray(sample.token_ids))
         written = pretty_midi.PrettyMIDI(str(sample.midi_path))
         assert sum(len(i.notes) for i in written.instruments) == len(notes)
+
+
+def test_regenerating_into_a_folder_replaces_the_earlier_generation_whole(runs, tmp_path):
+    out_dir = tmp_path / "out"
+    run_generate(runs["staria"], out_dir, "num_samples=3")
+    (out_dir / "report.html").write_text("<html>an earlier report</html>")
+    manifest = run_generate(runs["staria"], out_dir, "num_samples=1")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "sample_000.mid"]
+    assert_valid_samples(manifest, 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no partial or old folder left"
+
+
+def test_a_folder_of_other_files_and_no_samples_are_refused_before_sampling(runs, tmp_path):
+    checkpoint = runs["staria"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="not a generation's"):
+        run_generate(checkpoint, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    with pytest.raises(SamplingConfigError, match="num_samples=0"):
+        run_generate(checkpoint, tmp_path / "new", "num_samples=0")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from staria.data.preprocess import CachedSplit, TokenLayout, find_index
 from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
 from staria.generation.config import register_configs
-from staria.generation.manifest import write_samples
+from staria.generation.manifest import check_output_folder, write_samples
 from staria.generation.prompts import (
     Prompt,
     PromptError,
@@ -28,7 +28,7 @@ from staria.generation.prompts import (
     piece_from_split,
     scratch_prompt,
 )
-from staria.generation.sampling import SamplingSettings, sample_pieces
+from staria.generation.sampling import SamplingConfigError, SamplingSettings, sample_pieces
 from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
@@ -95,6 +95,8 @@ def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout
 def generate(cfg: DictConfig) -> Path:
     """Run one generation request end to end; returns the manifest's path."""
     settings = SamplingSettings(**OmegaConf.to_container(cfg.sampling))
+    if cfg.num_samples < 1:
+        raise SamplingConfigError("num_samples", cfg.num_samples, "must be >= 1")
     device = resolve_device(cfg.device)
     loaded = load_checkpoint(cfg.checkpoint, device, cfg.run_config, cfg.allow_pickle_runs_code)
     if not isinstance(loaded.net, StariaModel | DecoderOnlyBaseline):
@@ -105,6 +107,7 @@ def generate(cfg: DictConfig) -> Path:
     tokenizer = MusicTokenizerWithStyle()
     prompts = build_prompts(cfg, loaded, TokenLayout(tokenizer))
     out_dir = Path(cfg.out_dir or loaded.run_dir / "generated" / (cfg.name or _timestamp()))
+    check_output_folder(out_dir)  # before sampling, not after
     torch.manual_seed(cfg.seed)
     log.info("sampling %d pieces from %s into %s", len(prompts), cfg.checkpoint, out_dir)
     pieces, timing = sample_pieces(

@@ -7,6 +7,8 @@ written here, plus what a person wants to know: checkpoint, config, seed, prompt
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,20 @@ from staria.generation.sampling import SampledPiece, SamplingTiming
 from staria.tokenizer import MusicTokenizerWithStyle
 
 MANIFEST_FILE = "manifest.json"
+
+
+class OutputFolderError(ValueError):
+    """The output folder holds files that are not an earlier generation's."""
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """An output folder is new, empty, or an earlier generation (it has a manifest), which a
+    new one replaces whole; anything else is refused before sampling, naming it."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
+        raise OutputFolderError(
+            f"out_dir={out_dir} holds files that are not a generation's (no {MANIFEST_FILE}); "
+            "give an empty or new folder"
+        )
 
 
 def sample_record(file: str, piece: SampledPiece) -> dict[str, Any]:
@@ -44,13 +60,21 @@ def write_samples(
     seed: int,
     timing: SamplingTiming,
 ) -> Path:
-    """`sample_000.mid`, ... and the manifest listing them; returns the manifest's path."""
+    """`sample_000.mid`, ... and the manifest listing them; returns the manifest's path.
+
+    Written into a hidden folder beside `out_dir`, then swapped in: an earlier generation there
+    (files, report and all) is replaced whole, never mixed with the new samples.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir)
+    building = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
     records = []
     for index, piece in enumerate(pieces):
         file = f"sample_{index:03d}.mid"
-        tokenizer.detokenize(tokenizer.decode(piece.token_ids.tolist())).write(str(out_dir / file))
+        midi = tokenizer.detokenize(tokenizer.decode(piece.token_ids.tolist()))
+        midi.write(str(building / file))
         records.append(sample_record(file, piece))
     manifest = {
         "checkpoint": str(checkpoint),
@@ -64,6 +88,18 @@ def write_samples(
         },
         "samples": records,
     }
-    path = out_dir / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    return path
+    (building / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    replace_folder(building, out_dir)
+    return out_dir / MANIFEST_FILE
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`, the earlier `target` (if any) removed once it is swapped
+    out; each rename is atomic."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
