@@ -28,9 +28,15 @@ def cache_dir(tmp_path_factory):
 
 
 def make_module(cache_dir: Path, *overrides: str, config: str = "synthetic") -> MidiDataModule:
+    """The data group alone; `task` and `model_kind`, which the model group decides in a
+    training config, default to Staria's generative batches."""
+    given = {override.split("=")[0] for override in overrides}
+    layout = [
+        f"{k}={v}" for k, v in (("task", "generative"), ("model_kind", "staria")) if k not in given
+    ]
     with initialize_config_dir(str(REPO_ROOT / "conf" / "data"), version_base="1.3"):
         shrink = [*TINY, *(TINY_SYNTHESIS if config == "synthetic" else [])]
-        cfg = compose(config, overrides=[*shrink, f"cache_dir={cache_dir}", *overrides])
+        cfg = compose(config, overrides=[*shrink, f"cache_dir={cache_dir}", *layout, *overrides])
     module = instantiate(cfg)
     module.prepare_data()
     module.setup("fit")

@@ -45,6 +45,8 @@ def smoke(run_dir: Path, *overrides: str, logger: str = "none") -> DictConfig:
 def synthetic_datamodule(cache_dir: Path, **overrides) -> MidiDataModule:
     """`conf/data/synthetic.yaml` with `overrides` merged in (nested `synthesis` keys too)."""
     data_config = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml")
+    # what the model group decides in a composed config (data_for_model): Staria's layout
+    data_config.merge_with({"task": "generative", "model_kind": "staria"})
     return hydra.utils.instantiate(data_config, cache_dir=str(cache_dir), **overrides)
 
 

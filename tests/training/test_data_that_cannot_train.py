@@ -69,6 +69,7 @@ def test_the_console_names_the_folder_and_leaves_no_run_folder(tmp_path):
         "data=real",
         f"data.folders=[{empty}]",
         "data.num_workers=0",
+        "data.snippet_len=32",
         "print_config=false",
     ]
     run = subprocess.run(

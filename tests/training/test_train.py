@@ -13,7 +13,7 @@ from training.runs import CONF_DIR, compose_train, preempt_at_step, smoke
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
-from staria.training.config import MissingConfigValueError
+from staria.training.config import ConfigValueError, MissingConfigValueError
 from staria.training.resume import FINISHED_MARKER, resume_point
 from staria.training.train import train
 
@@ -140,3 +140,33 @@ def test_stage_b_initialises_from_stage_a_weights_without_resuming(tmp_path):
     assert stage_b.global_step == 1, "init_from starts at step 0, it does not resume step 4"
     for name, value in final_weights(stage_b).items():
         torch.testing.assert_close(value, weights_a[name], msg=name)
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "layout"),
+    [
+        ("baseline", "generative", "baseline"),
+        ("staria", "generative", "staria"),
+        ("contrastive", "contrastive", "staria"),
+        ("classifier", "classification", "staria"),
+    ],
+)
+def test_the_model_group_decides_the_data_it_reads(tmp_path, model, task, layout):
+    cfg = compose_train(tmp_path, f"model={model}")
+    assert (cfg.data.task, cfg.data.model_kind) == (task, layout)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (("model=baseline", "data.model_kind=staria"), "data.model_kind=staria"),
+        (("model=staria", "data.task=classification"), "data.task=classification"),
+        (("model=staria", "data.snippet_len=300"), "data.snippet_len=300"),
+    ],
+)
+def test_settings_that_contradict_the_model_are_refused_before_anything_is_built(
+    tmp_path, overrides, named
+):
+    with pytest.raises(ConfigValueError, match=re.escape(named)):
+        train(smoke(tmp_path, *overrides))
+    assert not tmp_path.joinpath("config.yaml").exists()

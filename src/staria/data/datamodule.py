@@ -180,10 +180,12 @@ class MidiDataModule(L.LightningDataModule):
             self.check_trainable(found)
 
     def check_trainable(self, found: IndexResult) -> None:
-        """`NotEnoughDataError` unless training has examples and validation (unless switched
-        off with `trainer.limit_val_batches=0`) has some: an empty or tiny folder fails before
-        any step, naming the folders, the counts and what is needed."""
-        validates = self.trainer is None or self.trainer.limit_val_batches != 0
+        """`NotEnoughDataError` unless training has examples and validation has some (unless
+        switched off: `val_fraction=0` or `trainer.limit_val_batches=0`): an empty or tiny
+        folder fails before any step, naming the folders, the counts and what is needed."""
+        validates = self.index_settings.val_fraction > 0 and (
+            self.trainer is None or self.trainer.limit_val_batches != 0
+        )
         needed = ("train", "val") if validates else ("train",)
         empty = [split for split in needed if len(self.datasets[split]) == 0]
         if not empty:

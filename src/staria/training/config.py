@@ -80,8 +80,49 @@ class MissingConfigValueError(ValueError):
     """A required config value (`???`) was never given."""
 
 
+def data_for_model(task_target: str, what: str) -> str:
+    """The data a training task reads, from its class: `what` is `task` (`data_task`:
+    generative, contrastive, classification) or `layout` (`data_layout`: staria, baseline).
+    The `data_for_model` resolver of `conf/data`: the model group decides the data layout."""
+    if what not in ("task", "layout"):
+        raise ValueError(f"data_for_model: {what!r} is not 'task' or 'layout'")
+    task_class = hydra.utils.get_class(task_target)
+    return getattr(task_class, f"data_{what}")
+
+
+def check_consistent(cfg: DictConfig) -> None:
+    """Settings of different groups that must agree, refused with the keys named: the data
+    task and layout the model reads (explicit `data.task`/`data.model_kind` overrides), and
+    snippet rows within what the snippet encoder reads."""
+    target = OmegaConf.select(cfg, "model._target_")
+    if target is None or OmegaConf.select(cfg, "data") is None:
+        return
+    wrong = []
+    for key, what in (("task", "task"), ("model_kind", "layout")):
+        needed, given = data_for_model(target, what), OmegaConf.select(cfg, f"data.{key}")
+        if given != needed:
+            wrong.append(f"data.{key}={given} (model `{target}` reads {needed!r})")
+    encoder_len = OmegaConf.select(cfg, "model.net.encoder.max_seq_len")
+    if encoder_len is None and target.endswith("ContrastiveTask"):
+        encoder_len = OmegaConf.select(cfg, "model.net.max_seq_len")
+    snippet_len = OmegaConf.select(cfg, "data.snippet_len")
+    if encoder_len is not None and snippet_len is not None and snippet_len + 1 > encoder_len:
+        wrong.append(
+            f"data.snippet_len={snippet_len} (a snippet row is {snippet_len + 1} tokens; the "
+            f"encoder reads at most model.net...max_seq_len={encoder_len})"
+        )
+    if wrong:
+        raise ConfigValueError(
+            "settings that must agree do not: " + "; ".join(wrong) + ". Drop the data "
+            "overrides (the model group sets the data layout) or choose matching values"
+        )
+
+
 def register_configs() -> None:
-    """Make the schemas available as `train_schema`, `stage/schema` and `paths/schema`."""
+    """Make the schemas available as `train_schema`, `stage/schema` and `paths/schema`, and
+    the `data_for_model` resolver."""
+    if not OmegaConf.has_resolver("data_for_model"):
+        OmegaConf.register_new_resolver("data_for_model", data_for_model)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(group="stage", name="schema", node=StageConfig)

@@ -30,6 +30,7 @@ from staria.training import safe_loading
 from staria.training.checkpointing import HISTORY_FILE, write_text_atomic
 from staria.training.config import (
     ConfigValueError,
+    check_consistent,
     check_no_missing,
     check_target_arguments,
     register_configs,
@@ -195,6 +196,7 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
     """
     check_no_missing(cfg)
     check_target_arguments(cfg)
+    check_consistent(cfg)
     run_dir = Path(cfg.paths.run_dir)
     with contextlib.ExitStack() as held:
         if rank_zero_only.rank == 0:

@@ -124,9 +124,15 @@ def check_settings(optimizer: OptimizerSettings, scheduler: SchedulerSettings) -
 
 
 class TrainingTask(pl.LightningModule):
-    """Base LightningModule; `net` is the model built from `conf/model/net`."""
+    """Base LightningModule; `net` is the model built from `conf/model/net`.
+
+    `data_task` and `data_layout` say which batches the task reads: the data module's `task`
+    and `model_kind` follow them (`conf/data`, through `training.config.data_for_model`).
+    """
 
     reports_perplexity = True
+    data_task = "generative"
+    data_layout = "staria"
 
     def __init__(
         self,

@@ -8,6 +8,8 @@ from staria.training.tasks.base import StepLoss, TrainingTask, sequence_loss
 class BaselineTask(TrainingTask):
     """Batches `<PROMPT_START> ... <PROMPT_END> sequence`; `loss_mask` skips the prompt."""
 
+    data_layout = "baseline"
+
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
         logits = self.net(batch["tokens"], batch["token_mask"])
         return sequence_loss(logits, batch["tokens"], batch["loss_mask"])

@@ -11,6 +11,8 @@ from staria.training.tasks.base import StepLoss, TrainingTask
 class ClassifierTask(TrainingTask):
     """Sum of three cross entropies; labels -100 (unknown style, unlabelled token) are skipped."""
 
+    data_task = "classification"
+
     reports_perplexity = False
     heads = ("form", "style", "section")
 

@@ -25,6 +25,8 @@ def nt_xent(
 class ContrastiveTask(TrainingTask):
     """`net` is a SnippetEncoder; its pooled embeddings of `view_a`/`view_b` are compared."""
 
+    data_task = "contrastive"
+
     reports_perplexity = False
 
     def __init__(self, *args, temperature: float = 0.1, **kwargs):
