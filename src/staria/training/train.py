@@ -21,10 +21,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from rich import print as rich_print
-from rich.syntax import Syntax
-from rich.tree import Tree
 
+from staria.console import quiet_known_noise
 from staria.paths import REPO_ROOT
 from staria.training import safe_loading
 from staria.training.checkpointing import HISTORY_FILE, write_text_atomic
@@ -61,13 +59,18 @@ CONFIG_DIR = str(REPO_ROOT / "conf")
 register_configs()
 
 
-def config_tree(cfg: DictConfig) -> Tree:
-    """The resolved config as a rich tree, one branch per top-level group."""
-    tree = Tree("config")
-    for key, value in cfg.items():
-        text = OmegaConf.to_yaml(value) if isinstance(value, DictConfig) else str(value)
-        tree.add(str(key)).add(Syntax(text, "yaml"))
-    return tree
+def config_summary(cfg: DictConfig, run_dir: Path) -> str:
+    """A few lines a person reads at a run's start: the group choices, this command's
+    overrides, and where the full resolved config is (`config.yaml`)."""
+    lines = [f"run {run_dir}"]
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+        lines.append("  " + " ".join(f"{k}={v}" for k, v in choices.items() if v is not None))
+        if hydra_cfg.overrides.task:
+            lines.append("  overrides: " + " ".join(hydra_cfg.overrides.task))
+    lines.append(f"  full config: {run_dir / RESOLVED_CONFIG}")
+    return "\n".join(lines)
 
 
 class RunConfigChangedError(ValueError):
@@ -146,12 +149,15 @@ def run_log(run_dir: Path) -> Iterator[None]:
         return
     handler = logging.FileHandler(run_dir / TRAIN_LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
+    # Lightning's own logger does not propagate to the root one: both get the file.
+    loggers = [logging.getLogger(), logging.getLogger("lightning.pytorch")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
         handler.close()
 
 
@@ -168,7 +174,7 @@ def refuse_foreign_checkpoints(folder: Path) -> None:
 
 @rank_zero_only
 def prepare_run_dir(cfg: DictConfig) -> None:
-    """Store the W&B id (a resume logs to the same run) and the resolved config; print it."""
+    """Store the W&B id (a resume logs to the same run) and the resolved config."""
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store_wandb_run_id(run_dir, cfg.run_id)
@@ -181,8 +187,6 @@ def prepare_run_dir(cfg: DictConfig) -> None:
             RESOLVED_CONFIG,
         )
     write_text_atomic(stored, OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.print_config:
-        rich_print(config_tree(cfg))
 
 
 def train(cfg: DictConfig) -> pl.Trainer | None:
@@ -322,6 +326,8 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs) 
             {**OmegaConf.to_container(cfg, resolve=True), **parameter_counts(task.net)}
         )
 
+    if cfg.print_config and point.checkpoint is None:  # once per run: at its first start
+        rank_zero_only(print)(config_summary(cfg, run_dir))
     if cfg.train:
         if point.checkpoint is not None:
             log.info("resuming %s from %s", run_dir, point.checkpoint)
@@ -371,6 +377,7 @@ class HydraConfigForLaunchers(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
+    quiet_known_noise()
     try:
         trainer = train(cfg)
     except BaseException:

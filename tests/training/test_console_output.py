@@ -1,0 +1,55 @@
+"""What a researcher sees: a smoke run piped to a file is short and readable, with step-based
+progress lines that `train.log` holds too, and an interruption ends with the resume command."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ("experiment=smoke", "data.max_seq_len=128")
+TESTS = Path(__file__).parents[1]
+
+
+def staria_train(tmp_path, *overrides) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "staria.training.train", *TINY, *overrides]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "STARIA_DATA_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(TESTS),  # training.runs' SignalAtStep
+    }
+    return subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_a_smoke_run_piped_to_a_file_prints_at_most_40_readable_lines(tmp_path):
+    run = staria_train(tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = (run.stdout + run.stderr).splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "full config: " in text and "Epoch" not in text
+    assert re.search(r"^step 4/4  loss \d", text, re.MULTILINE)
+    assert re.search(r"^step 4/4  val/loss \d", text, re.MULTILINE)
+    log = (tmp_path / "runs" / "smoke" / "stage-none" / "train.log").read_text()
+    assert "step 4/4  val/loss" in log, "train.log holds the run's log"
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_ends_with_the_command_that_resumes_it(tmp_path):
+    signal_at_step = (
+        "+callbacks.signal._target_=training.runs.SignalAtStep",
+        "+callbacks.signal.step=1",
+        "+callbacks.signal.signal_name=SIGTERM",
+    )
+    run = staria_train(tmp_path, *signal_at_step)
+    assert run.returncode == 75, run.stderr[-3000:]
+    last = (run.stdout + run.stderr).strip().splitlines()[-1]
+    assert "SIGTERM at step 2: last.ckpt saved; resume with: staria-train " in last
+    assert last.endswith(" ".join([*TINY, shlex.quote(signal_at_step[0]), *signal_at_step[1:]]))
