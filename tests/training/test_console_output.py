@@ -45,11 +45,13 @@ def test_a_smoke_run_piped_to_a_file_prints_at_most_40_readable_lines(tmp_path):
 def test_an_interrupted_run_ends_with_the_command_that_resumes_it(tmp_path):
     signal_at_step = (
         "+callbacks.signal._target_=training.runs.SignalAtStep",
-        "+callbacks.signal.step=1",
+        "+callbacks.signal.step=2",
         "+callbacks.signal.signal_name=SIGTERM",
     )
     run = staria_train(tmp_path, *signal_at_step)
     assert run.returncode == 75, run.stderr[-3000:]
     last = (run.stdout + run.stderr).strip().splitlines()[-1]
-    assert "SIGTERM at step 2: last.ckpt saved; resume with: staria-train " in last
-    assert last.endswith(" ".join([*TINY, shlex.quote(signal_at_step[0]), *signal_at_step[1:]]))
+    assert "SIGTERM at step 3: last.ckpt saved; resume with: staria-train " in last
+    run_dir = tmp_path / "runs" / "smoke" / "stage-none"
+    overrides = [*TINY, *signal_at_step, f"hydra.run.dir={run_dir}"]
+    assert last.endswith(" ".join(shlex.quote(o) for o in overrides))

@@ -9,6 +9,7 @@ runs after it, which is what SIGKILL leaves on disk (the randomised test in
 import csv
 import json
 import os
+import shutil
 
 import lightning.pytorch as pl
 import pytest
@@ -25,6 +26,7 @@ from training.runs import (
     smoke,
 )
 
+from staria.training import checkpointing
 from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, CheckpointHistory
 from staria.training.resume import (
     FINISHED_MARKER,
@@ -90,7 +92,7 @@ def test_the_uninterrupted_run_keeps_top_2_last_and_history(straight):
 def test_preemption_inside_an_accumulation_window_saves_at_the_window_end(tmp_path):
     steps = ("trainer.max_steps=4", "trainer.accumulate_grad_batches=2")
     reference = weights(train(smoke(tmp_path / "straight", *steps)))
-    for batch in (2, 5):  # the first micro-batch of step 1; the second of step 2
+    for batch in (0, 5):  # the first micro-batch of step 1; the second of step 3
         run_dir = tmp_path / f"signal-at-batch-{batch}"
         cfg = smoke(run_dir, *steps)
         add_callback(cfg, "signal", SignalAtStep, batch=batch)
@@ -289,3 +291,58 @@ def test_a_second_run_in_a_folder_in_use_is_refused_and_writes_nothing(tmp_path)
         train(smoke(tmp_path, *SIX_STEPS))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert train(smoke(tmp_path, *SIX_STEPS)).global_step == 6  # free again
+
+
+@pytest.mark.parametrize("step", [1, 3, 5])  # each step's boundary (2, 4, 6) validates
+def test_a_signal_at_a_step_that_validates_stops_before_it_and_the_validation_happens(
+    tmp_path, straight, step
+):
+    cfg = smoke(tmp_path, *SIX_STEPS, "callbacks.checkpointing.save_top_k=3")
+    preempt_at_step(cfg, step)
+    stopped = train(cfg)
+    assert stopped.state.status == TrainerStatus.INTERRUPTED
+    events = CheckpointHistory(tmp_path / "checkpoints").events()
+    assert all(e["step"] < step + 1 for e in events), "nothing saved at the validating step"
+    resumed = train(smoke(tmp_path, *SIX_STEPS, "callbacks.checkpointing.save_top_k=3"))
+    validated = {
+        e["step"]
+        for e in CheckpointHistory(tmp_path / "checkpoints").events()
+        if e["metric"] == "val/loss"
+    }
+    assert validated == {2, 4, 6}
+    assert_same_weights(straight[1], weights(resumed))
+
+
+def test_a_kill_before_the_final_last_checkpoint_lands_is_repaired_by_the_rerun(
+    tmp_path, straight, monkeypatch
+):
+    real_replace, renames = checkpointing.replace_atomically, []
+
+    def replace(partial, path):
+        renames.append(path.name)
+        if renames.count(LAST_CHECKPOINT) == 3:  # the copy after step 6's top-k file
+            raise SimulatedKill("before the final last.ckpt rename")
+        real_replace(partial, path)
+
+    monkeypatch.setattr(checkpointing, "replace_atomically", replace)
+    with pytest.raises(SimulatedKill):
+        train(smoke(tmp_path, *SIX_STEPS))
+    monkeypatch.setattr(checkpointing, "replace_atomically", real_replace)
+    assert (tmp_path / "checkpoints" / f".{LAST_CHECKPOINT}.partial").exists()
+    resumed = train(smoke(tmp_path, *SIX_STEPS))  # resumes at step 6: nothing left to train
+    assert_matches_straight(tmp_path, resumed, straight)
+
+
+@pytest.mark.parametrize("how", [shutil.move, shutil.copytree])
+def test_a_moved_or_copied_run_folder_keeps_its_own_top_k(tmp_path, straight, how):
+    original, elsewhere = tmp_path / "original", tmp_path / "elsewhere"
+    cfg = smoke(original, *SIX_STEPS)
+    preempt_at_step(cfg, 2)
+    train(cfg)
+    before = {p.name: p.read_bytes() for p in (original / "checkpoints").glob("*.ckpt")}
+    how(original, elsewhere)
+    resumed = train(smoke(elsewhere, *SIX_STEPS))
+    assert_matches_straight(elsewhere, resumed, straight)
+    if original.exists():  # the copy's pruning never reaches into the original
+        after = {p.name: p.read_bytes() for p in (original / "checkpoints").glob("*.ckpt")}
+        assert after == before

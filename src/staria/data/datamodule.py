@@ -114,6 +114,12 @@ class MidiDataModule(L.LightningDataModule):
             raise ValueError(f"data task {task!r} is not one of {TASKS}")
         if mode == "real" and not folders:
             raise ValueError("data mode 'real' needs `folders` of MIDI files")
+        missing = [str(f) for f in folders or [] if not Path(f).exists()]
+        if mode == "real" and missing:
+            raise FileNotFoundError(
+                f"data.folders: {', '.join(missing)} does not exist (relative paths resolve "
+                f"against {Path.cwd()}); give data.folders=[...] or set STARIA_MIDI_DIR"
+            )
         for name, value, least in (
             ("snippet_len", snippet_len, 1),
             ("max_snippets", max_snippets, 1),

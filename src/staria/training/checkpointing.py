@@ -149,7 +149,7 @@ class CheckpointHistory:
             events.append(
                 {
                     "event": "written",
-                    "path": str(path),
+                    "path": path.name,
                     "step": record.get("step"),
                     "metric": record.get("monitor") if best else None,
                     "value": record.get("value") if best else None,
@@ -187,7 +187,7 @@ class CheckpointHistory:
             )
         entry = {
             "event": event,
-            "path": str(path),
+            "path": Path(path).name,  # in this folder: a moved or copied run stays whole
             "step": step,
             "metric": metric,
             "value": value,
@@ -263,7 +263,7 @@ class RunCheckpoints(Checkpoint):
             self.history.record("written", path, trainer.global_step, None, None)
         self.last_step = trainer.global_step
 
-    def _validation_follows(self, trainer: "pl.Trainer") -> bool:
+    def validation_follows(self, trainer: "pl.Trainer") -> bool:
         """Whether Lightning validates right after this training batch (the decision it makes
         in `on_advance_end`, read here at `on_train_batch_end`; checked by the tests)."""
         fit_loop = trainer.fit_loop
@@ -325,7 +325,7 @@ class RunCheckpoints(Checkpoint):
         if (
             self.at_step_boundary(trainer)
             and step % self.last_every_n_steps == 0
-            and not self._validation_follows(trainer)
+            and not self.validation_follows(trainer)
         ):
             self.save_last(trainer)
 
@@ -336,9 +336,14 @@ class RunCheckpoints(Checkpoint):
         if best is not None or trainer.global_step % self.last_every_n_steps == 0:
             self.save_last(trainer, copy_of=best)
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """The final state as `last.ckpt`, and no partial file left: also when a resume found
+        nothing left to train (Lightning then skips `on_train_start`/`on_train_end`)."""
         if self.last_step != trainer.global_step:
             self.save_last(trainer)
+        if trainer.is_global_zero:
+            for partial in self.checkpoint_dir.glob(f".*{PARTIAL_SUFFIX}"):
+                partial.unlink(missing_ok=True)
 
     # --- top-k ---------------------------------------------------------------------------
 
@@ -360,7 +365,7 @@ class RunCheckpoints(Checkpoint):
         )
         path = self.checkpoint_dir / name
         self._save(trainer, path, value)
-        self.best.append({"path": str(path), "step": step, "value": value})
+        self.best.append({"path": path.name, "step": step, "value": value})
         self.best.sort(key=lambda e: (e["value"], e["step"]))
         self._prune(trainer)
         return path
@@ -368,7 +373,8 @@ class RunCheckpoints(Checkpoint):
     def _prune(self, trainer: "pl.Trainer") -> None:
         while len(self.best) > self.save_top_k:
             worst = self.best.pop()
-            self._remove(trainer, Path(worst["path"]), f"not in the top {self.save_top_k}")
+            name = Path(worst["path"]).name  # never a path into another folder
+            self._remove(trainer, self.checkpoint_dir / name, f"not in the top {self.save_top_k}")
 
 
 class RngStateCallback(pl.Callback):

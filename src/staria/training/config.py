@@ -21,6 +21,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 
+from staria.paths import midi_dir
+
 
 @dataclass
 class StageConfig:
@@ -123,6 +125,8 @@ def register_configs() -> None:
     the `data_for_model` resolver."""
     if not OmegaConf.has_resolver("data_for_model"):
         OmegaConf.register_new_resolver("data_for_model", data_for_model)
+    if not OmegaConf.has_resolver("midi_dir"):  # STARIA_MIDI_DIR, else the repo's ../shared/midi
+        OmegaConf.register_new_resolver("midi_dir", lambda: str(midi_dir()))
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(group="stage", name="schema", node=StageConfig)

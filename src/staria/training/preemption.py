@@ -8,7 +8,9 @@ step's metrics in between): no validation or anything else runs between the sign
 save, and none after it but a batch fetch. A signal during validation stops it at the next
 validation batch without a save (the run resumes from the last `last.ckpt` and validates
 again). The handler that was installed before ours (submitit's requeue handler under SLURM) is
-then called by `train.py`, so the job requeues; resume continues from the saved step.
+then called by `train.py`, so the job requeues; resume continues from the saved step. A signal
+at a step that validates stops before that validation without a save (a save there would make
+the resumed run skip it). Until then a further signal only sets the flag again.
 
 Our handlers go in at `on_train_start`, after Lightning's signal connector has installed its
 SIGTERM handler (which would stop the run without this checkpoint); the handler chained to is
@@ -25,13 +27,18 @@ from staria.training.checkpointing import RunCheckpoints
 
 
 class Preempted(Exception):
-    """Raised out of `fit` once the preemption checkpoint is written (or, during validation,
-    once the run stopped without one)."""
+    """Raised out of `fit` once the preemption checkpoint is written (or, at or during a
+    validation, once the run stopped without one)."""
 
     def __init__(self, received: signal.Signals, step: int, saved: bool):
         super().__init__(
             f"{received.name} at step {step}: "
-            + ("last.ckpt saved" if saved else "stopped during validation, no new checkpoint")
+            + (
+                "last.ckpt saved"
+                if saved
+                else "stopped before a validation, no new checkpoint (the run resumes from "
+                "the last one)"
+            )
         )
         self.signal, self.step, self.saved = received, step, saved
 
@@ -89,6 +96,11 @@ class PreemptionCheckpoint(pl.Callback):
             return
         if not self._any_rank_signalled(trainer, pl_module):
             return
+        if writer.validation_follows(trainer):
+            # A save now would make the resumed run skip this step's validation: stop before
+            # it, unsaved; the run resumes from the last `last.ckpt` and validates here again.
+            self._stop = Preempted(self._received(), trainer.global_step, saved=False)
+            return
         if writer.last_step != trainer.global_step:
             writer.save_last(trainer)
         # Raised at the next hook, once Lightning has logged this step's metrics: a
@@ -114,7 +126,8 @@ class PreemptionCheckpoint(pl.Callback):
         self._restore_handlers()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_handlers()
+        if not isinstance(exception, Preempted):  # else `chain` restores them, after teardown
+            self._restore_handlers()
 
     def _restore_handlers(self) -> None:
         for sig, handler in self._replaced_handlers.items():
@@ -124,6 +137,7 @@ class PreemptionCheckpoint(pl.Callback):
     def chain(self, received: signal.Signals) -> bool:
         """Call the handler that was in place before `fit` (submitit's requeue); whether there
         was one."""
+        self._restore_handlers()  # until now a late signal only set the flag again
         previous = self.previous_handlers.get(received)
         if callable(previous) and previous is not signal.default_int_handler:
             previous(received, None)

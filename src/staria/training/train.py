@@ -259,11 +259,13 @@ def set_aside_unusable(checkpoint_dir: Path, point: ResumePoint) -> None:
     log.warning("starting over from step 0: the unusable checkpoints are in %s", aside)
 
 
-def resume_command() -> str:
-    """The command line that continues this run: the same overrides (each job's own, in a
-    multirun)."""
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run from any folder: this job's overrides (the
+    last value of a key given twice) and its run folder."""
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    return " ".join(["staria-train", *(shlex.quote(o) for o in overrides)])
+    last = {override.split("=", 1)[0]: override for override in overrides}
+    last["hydra.run.dir"] = f"hydra.run.dir={run_dir.resolve()}"
+    return " ".join(["staria-train", *(shlex.quote(o) for o in last.values())])
 
 
 class OwnedWandbRuns:
@@ -341,7 +343,7 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs) 
                     weights_only=not cfg.allow_pickle_runs_code,
                 )
         except Preempted as stop:
-            log.warning("%s; resume with: %s", stop, resume_command())
+            log.warning("%s; resume with: %s", stop, resume_command(run_dir))
             wandb_runs.finish(exit_code=EXIT_INTERRUPTED, preempting=True)
             preemption = next(cb for cb in callbacks if isinstance(cb, PreemptionCheckpoint))
             preemption.chain(stop.signal)  # submitit's requeue exits here
