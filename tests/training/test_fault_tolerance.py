@@ -346,3 +346,14 @@ def test_a_moved_or_copied_run_folder_keeps_its_own_top_k(tmp_path, straight, ho
     if original.exists():  # the copy's pruning never reaches into the original
         after = {p.name: p.read_bytes() for p in (original / "checkpoints").glob("*.ckpt")}
         assert after == before
+
+
+def test_a_resume_after_the_first_epoch_with_dataloader_workers_is_exact(tmp_path):
+    # 12 steps make an epoch here; the signal during step 13 saves at 13, in epoch 1
+    steps = ("trainer.max_steps=16", "data.num_workers=2")
+    reference = weights(train(smoke(tmp_path / "straight", *steps)))
+    cfg = smoke(tmp_path / "run", *steps)
+    preempt_at_step(cfg, 12)
+    stopped = train(cfg)
+    assert stopped.current_epoch == 1 and last_step(tmp_path / "run") == 13
+    assert_same_weights(reference, weights(train(smoke(tmp_path / "run", *steps))))

@@ -68,7 +68,8 @@ class LengthBucketBatchSampler(BatchSampler):
     batches, each bucket sorted by length, and the batches of a bucket shuffled.
 
     It takes the index `sampler` like `BatchSampler`, so Lightning can inject its
-    `DistributedSampler`; `set_epoch` reaches both it and the bucket shuffle.
+    `DistributedSampler`. The epoch is the index sampler's when it has one (Lightning sets the
+    epoch there, not here), so the bucket shuffle changes with it; `set_epoch` sets both.
     """
 
     def __init__(
@@ -84,10 +85,14 @@ class LengthBucketBatchSampler(BatchSampler):
         self.lengths = np.asarray(lengths)
         self.bucket_batches = bucket_batches
         self.seed = seed
-        self.epoch = 0
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.sampler, "epoch", self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 

@@ -71,6 +71,26 @@ def synthetic_pieces(config: SynthesisConfig, cache_dir: Path) -> Path:
     return folder
 
 
+class EpochStatefulDataLoader(StatefulDataLoader):
+    """`StatefulDataLoader` whose state also holds its batch sampler's epoch.
+
+    Restored mid-epoch after the first epoch, a loader with workers starts prefetching as soon
+    as its iterator is made, which Lightning does before it sets the epoch: the batches then
+    came in epoch 0's order. With the epoch in the loader's own state, the order is restored
+    before any batch is drawn.
+    """
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "batch_sampler_epoch": self.batch_sampler.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        epoch = state.pop("batch_sampler_epoch", None)
+        if epoch is not None:
+            self.batch_sampler.set_epoch(epoch)
+        super().load_state_dict(state)
+
+
 class NotEnoughDataError(ValueError):
     """The indexed data cannot train: a split training needs has no examples."""
 
@@ -223,7 +243,7 @@ class MidiDataModule(L.LightningDataModule):
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
 
-    def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
+    def _loader(self, split: str, shuffle: bool) -> EpochStatefulDataLoader:
         dataset = self.datasets[split]
         world_size, rank = self._rank()
         sampler = DistributedSampler(
@@ -242,7 +262,7 @@ class MidiDataModule(L.LightningDataModule):
             bucket_batches=self.bucket_batches,
             seed=self.seed,
         )
-        return StatefulDataLoader(
+        return EpochStatefulDataLoader(
             dataset,
             batch_sampler=batch_sampler,
             collate_fn=Collator(self.pad_id),
