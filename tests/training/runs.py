@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,6 +18,19 @@ from staria.data import MidiDataModule
 from staria.paths import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / "conf"
+TESTS_DIR = REPO_ROOT / "tests"
+
+
+def run_staria_train(
+    cwd: Path, *args: str, timeout_s: float = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """`staria-train ARGS` as a real process in `cwd` (one torch thread; the test helpers such
+    as `training.runs.SignalAtStep` importable); `env` adds variables."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR), **env}
+    command = [sys.executable, "-m", "staria.training.train", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout_s
+    )
 
 
 def compose_train(run_dir: Path, *overrides: str, logger: str = "none") -> DictConfig:

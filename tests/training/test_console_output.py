@@ -1,30 +1,18 @@
 """What a researcher sees: a smoke run piped to a file is short and readable, with step-based
 progress lines that `train.log` holds too, and an interruption ends with the resume command."""
 
-import os
 import re
 import shlex
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from training.runs import run_staria_train
 
 TINY = ("experiment=smoke", "data.max_seq_len=128")
-TESTS = Path(__file__).parents[1]
 
 
 def staria_train(tmp_path, *overrides) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "staria.training.train", *TINY, *overrides]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "STARIA_DATA_CACHE": str(tmp_path / "cache"),
-        "PYTHONPATH": str(TESTS),  # training.runs' SignalAtStep
-    }
-    return subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_staria_train(tmp_path, *TINY, *overrides, STARIA_DATA_CACHE=str(tmp_path / "cache"))
 
 
 @pytest.mark.slow

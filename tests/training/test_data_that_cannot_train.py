@@ -1,13 +1,10 @@
 """Data that cannot train fails before a run starts, naming the folder, the counts and what is
 needed; the run folder stays as it was (no half-made run marked finished at step 0)."""
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-from training.runs import compose_train
+from training.runs import compose_train, run_staria_train
 
 from staria.data.datamodule import NotEnoughDataError
 from staria.paths import REPO_ROOT
@@ -61,24 +58,14 @@ def test_the_same_small_folder_trains_with_validation_switched_off(tmp_path):
 
 def test_the_console_names_the_folder_and_leaves_no_run_folder(tmp_path):
     empty = midi_folder(tmp_path, 0)
-    command = [
-        sys.executable,
-        "-m",
-        "staria.training.train",
+    run = run_staria_train(
+        tmp_path,
         "experiment=smoke",
         "data=real",
         f"data.folders=[{empty}]",
         "data.num_workers=0",
         "data.snippet_len=32",
         "print_config=false",
-    ]
-    run = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode != 0
     assert "NotEnoughDataError" in run.stderr and str(empty) in run.stderr

@@ -7,17 +7,14 @@ reads the framing and lets wandb's own protobuf classes parse the records.
 """
 
 import json
-import os
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import wandb
-from training.runs import preempt_at_step, smoke
+from training.runs import preempt_at_step, run_staria_train, smoke
 from wandb.proto import wandb_internal_pb2
 
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
@@ -94,8 +91,8 @@ def logged(records: list, kind: str) -> list[dict]:
 def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume(tmp_path):
     run_dir = tmp_path / "run"
     cfg = smoke(run_dir, logger="wandb")
-    preempt_at_step(cfg, 1)
-    assert run_training(cfg).global_step == 2
+    preempt_at_step(cfg, 2)  # saved at step 3 (step 2 validates: no save there)
+    assert run_training(cfg).global_step == 3
     assert not (run_dir / FINISHED_MARKER).exists()
 
     run_id = (run_dir / WANDB_ID_FILE).read_text().strip()
@@ -124,16 +121,14 @@ def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume
     records = finished_log(second[0], run_id)
     assert [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"] == [run_id]
     steps = [h["trainer/global_step"] for h in logged(records, "history") if "train/loss" in h]
-    assert steps and min(steps) >= 2, "the resumed run logs from the step it resumed at"
+    assert steps and min(steps) >= 3, "the resumed run logs from the step it resumed at"
 
 
 @pytest.mark.slow
 def test_each_job_of_a_local_multirun_owns_its_wandb_run(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "staria.training.train",
+    run = run_staria_train(
+        tmp_path,
         "-m",
         "experiment=smoke",
         "logger=wandb",
@@ -142,14 +137,7 @@ def test_each_job_of_a_local_multirun_owns_its_wandb_run(tmp_path):
         "data.max_seq_len=128",
         "print_config=false",
         f"hydra.sweep.dir={sweep_dir}",
-    ]
-    run = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout_s=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     run_ids = []
