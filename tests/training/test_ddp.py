@@ -34,6 +34,7 @@ def examples(tmp_path_factory) -> list[dict]:
     datamodule = synthetic_datamodule(
         tmp_path_factory.mktemp("data_cache"),
         synthesis={"pieces_per_form": 2, "min_tokens": 128, "max_tokens": 256},
+        val_fraction=0.0,  # training examples only: no validation split needed
         snippet_len=16,
         max_snippets=2,
         max_seq_len=SEQUENCE_LENGTH,

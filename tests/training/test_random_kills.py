@@ -30,7 +30,6 @@ OVERRIDES = (
     "print_config=false",
     "data.max_seq_len=128",
     "trainer.max_steps=8",
-    "+trainer.enable_progress_bar=false",
 )
 TIMEOUT_S = 300
 
