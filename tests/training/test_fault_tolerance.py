@@ -31,6 +31,7 @@ from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, Checkpo
 from staria.training.resume import (
     FINISHED_MARKER,
     RunInUseError,
+    config_changes,
     resume_point,
     run_folder_lock,
 )
@@ -357,3 +358,15 @@ def test_a_resume_after_the_first_epoch_with_dataloader_workers_is_exact(tmp_pat
     stopped = train(cfg)
     assert stopped.current_epoch == 1 and last_step(tmp_path / "run") == 13
     assert_same_weights(reference, weights(train(smoke(tmp_path / "run", *steps))))
+
+
+def test_how_a_run_prints_may_change_on_a_rerun_but_not_what_it_trains():
+    stored = {
+        "trainer": {"enable_progress_bar": True, "log_every_n_steps": 5, "max_steps": 6},
+        "print_config": True,
+    }
+    rerun = {
+        "trainer": {"enable_progress_bar": False, "log_every_n_steps": 1, "max_steps": 8},
+        "print_config": False,
+    }
+    assert config_changes(stored, rerun) == ["trainer.max_steps: 6 -> 8"]

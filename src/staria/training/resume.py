@@ -202,12 +202,21 @@ RERUN_MAY_CHANGE = (
 )
 
 
+# Nested settings of how a run prints and logs, which a rerun may change too.
+RERUN_MAY_CHANGE_NESTED = (
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+)
+
+
 def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
     """`key: stored -> current` for each setting a rerun changed (resolved configs as dicts)."""
     changes = []
     for key in sorted(set(stored) | set(current), key=str):
         full = f"{prefix}{key}"
-        if (not prefix and key in RERUN_MAY_CHANGE) or str(key).endswith("dir"):
+        may_change = (not prefix and key in RERUN_MAY_CHANGE) or full in RERUN_MAY_CHANGE_NESTED
+        if may_change or str(key).endswith("dir"):
             continue
         old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(old, dict) and isinstance(new, dict):
