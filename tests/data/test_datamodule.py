@@ -132,3 +132,9 @@ def test_concurrent_callers_share_one_synthesis(tmp_path):
         listings = pool.map(_synthesise_into, [str(tmp_path)] * 2)
     assert listings[0] == listings[1] and len(listings[0]) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_the_cache_is_named_after_the_data_sets_name(cache_dir):
+    module = make_module(cache_dir, "name=demo")
+    assert module.index_settings.name == "demo"
+    assert list(cache_dir.glob("dataset_synthetic_demo_limit0_*_train"))

@@ -140,7 +140,7 @@ class MidiDataModule(L.LightningDataModule):
                 f"data.folders: {', '.join(missing)} does not exist (relative paths resolve "
                 f"against {Path.cwd()}); give data.folders=[...] or set STARIA_MIDI_DIR"
             )
-        for name, value, least in (
+        for key, value, least in (  # not `name`: that is the data set's name below
             ("snippet_len", snippet_len, 1),
             ("max_snippets", max_snippets, 1),
             ("max_seq_len", max_seq_len, 2),
@@ -150,7 +150,7 @@ class MidiDataModule(L.LightningDataModule):
             ("limit", limit, 0),
         ):
             if value < least:
-                raise ValueError(f"{name}={value}: must be at least {least}")
+                raise ValueError(f"{key}={value}: must be at least {least}")
         self.save_hyperparameters(logger=False)
         self.mode, self.task, self.model_kind = mode, task, model_kind
         self.cache_dir = Path(cache_dir)
