@@ -169,6 +169,8 @@ class MidiDataModule(L.LightningDataModule):
         self.index_workers = index_workers
         self.tokenizer = MusicTokenizerWithStyle()
         self.datasets: dict[str, Dataset] = {}
+        self._index: IndexResult | None = None
+        self._set_up: set[str] = set()
 
     @property
     def pad_id(self) -> int:
@@ -189,21 +191,31 @@ class MidiDataModule(L.LightningDataModule):
         return [synthetic_pieces(self.synthesis, self.cache_dir)]
 
     def prepare_data(self) -> None:
-        build_index(self.sources(), self.cache_dir, self.index_settings, workers=self.index_workers)
+        """Build (or find) the index, once per data module: `staria-train` prepares it before
+        the run starts, and Lightning's call inside `fit` then costs nothing."""
+        if self._index is None:
+            self._index = build_index(
+                self.sources(), self.cache_dir, self.index_settings, workers=self.index_workers
+            )
 
     def setup(self, stage: str | None = None) -> None:
-        found = find_index(self.sources(), self.cache_dir, self.index_settings)
+        """The datasets of `stage`'s splits, built once per stage."""
+        stage = stage or "fit"
+        if stage in self._set_up:
+            return
+        found = self._index or find_index(self.sources(), self.cache_dir, self.index_settings)
         if found is None:
             raise IncompleteIndexError(
                 f"no complete index for {self.index_settings} in {self.cache_dir}; "
                 "call prepare_data() (the Trainer does) or run `staria-data index`"
             )
         layout = TokenLayout(self.tokenizer)
-        for split in STAGE_SPLITS.get(stage or "fit", ("train", "val", "test")):
+        for split in STAGE_SPLITS.get(stage, ("train", "val", "test")):
             source = PieceSource(CachedSplit(found.split_dirs[split]), layout)
             self.datasets[split] = self._dataset(source, split)
-        if (stage or "fit") == "fit":
+        if stage == "fit":
             self.check_trainable(found)
+        self._set_up.add(stage)
 
     def check_trainable(self, found: IndexResult) -> None:
         """`NotEnoughDataError` unless training has examples and validation has some (unless

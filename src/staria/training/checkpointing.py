@@ -25,8 +25,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning.pytorch as pl
 import numpy as np
@@ -64,16 +65,21 @@ def replace_atomically(partial: Path, path: Path) -> None:
     _fsync_folder(path.parent)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write then rename in the same folder, so readers never see a half-written file."""
+def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(handle)` into `path`'s partial file, flushed to disk, then renamed into place:
+    readers, and a kill at any moment, see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
-    with open(partial, "w") as handle:
-        handle.write(text)
+    with open(partial, "wb") as handle:
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     replace_atomically(partial, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_durably(path, lambda handle: handle.write(text.encode()))
 
 
 def write_json_atomic(path: Path, content: Any) -> None:
@@ -85,14 +91,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (Lightning's own goes through a temporary file elsewhere, then a move)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_path(path)
-        with open(partial, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        replace_atomically(partial, path)
+        write_durably(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def recorded_run(path: Path) -> dict | None:
@@ -255,11 +254,8 @@ class RunCheckpoints(Checkpoint):
         if copy_of is None:
             self._save(trainer, path)
         elif trainer.is_global_zero:
-            partial = partial_path(path)
-            shutil.copyfile(copy_of, partial)
-            with open(partial, "rb+") as handle:
-                os.fsync(handle.fileno())
-            replace_atomically(partial, path)
+            with open(copy_of, "rb") as source:
+                write_durably(path, lambda handle: shutil.copyfileobj(source, handle))
             self.history.record("written", path, trainer.global_step, None, None)
         self.last_step = trainer.global_step
 

@@ -187,8 +187,9 @@ def load_stored_config(path: Path) -> dict | None:
     return stored if isinstance(stored, dict) else None
 
 
-# Settings a rerun may change: how it runs, records and prints, not what it trains. Keys whose
-# name ends in "dir" are locations (they follow the working folder), never compared either.
+# Settings a rerun may change (dotted paths): how it runs, records and prints, not what it
+# trains. Keys whose name ends in "dir" are locations (they follow the working folder), never
+# compared either.
 RERUN_MAY_CHANGE = (
     "print_config",
     "train",
@@ -199,11 +200,6 @@ RERUN_MAY_CHANGE = (
     "paths",
     "callbacks",
     "logger",
-)
-
-
-# Nested settings of how a run prints and logs, which a rerun may change too.
-RERUN_MAY_CHANGE_NESTED = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
@@ -215,8 +211,7 @@ def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
     changes = []
     for key in sorted(set(stored) | set(current), key=str):
         full = f"{prefix}{key}"
-        may_change = (not prefix and key in RERUN_MAY_CHANGE) or full in RERUN_MAY_CHANGE_NESTED
-        if may_change or str(key).endswith("dir"):
+        if full in RERUN_MAY_CHANGE or str(key).endswith("dir"):
             continue
         old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(old, dict) and isinstance(new, dict):
