@@ -1,6 +1,8 @@
 """Generation speed: 1,024 sampled tokens with the KV cache against recomputing the whole prefix
 at every step (`cache_kv=False`), same model, same run; plus the cost of each token over the
-sequence in bins, which stays flat with the cache and grows with the prefix without it."""
+sequence in bins, which stays flat with the cache and grows with the prefix without it; and
+Staria's decoding loop (`generate_with_cache`, batch-invariant) against x-transformers' own
+`AutoregressiveWrapper.generate` on the same network and prompts, in CPU and wall seconds."""
 
 import argparse
 import os
@@ -12,14 +14,17 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from x_transformers import AutoregressiveWrapper
 
 from staria.generation.prompts import Prompt
 from staria.generation.sampling import SamplingSettings, sample_pieces
 from staria.models import StariaModel
+from staria.models.autoregressive import DecodingSpec, LogitsFilter, generate_with_cache
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
 
 NET_CONFIG = REPO_ROOT / "conf" / "model" / "net" / "staria_tiny.yaml"
+BASELINE_CONFIG = REPO_ROOT / "conf" / "model" / "net" / "baseline_tiny.yaml"
 
 
 def piece_start(tokenizer: MusicTokenizerWithStyle, snippet_len: int, seed: int) -> Prompt:
@@ -65,6 +70,41 @@ def timed_sampling(model, prompts, new_tokens, cache_kv, tokenizer):
     return seconds, generated, np.diff([started, *stamps])
 
 
+def loop_against_wrapper(new_tokens: int, batch: int, repeats: int = 3) -> None:
+    """Median CPU and wall seconds of both loops, alternating, greedy, prompts of different
+    lengths (left-padded), on the tiny baseline network; the samples must agree."""
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(OmegaConf.load(BASELINE_CONFIG)).net.eval()
+    prompts = [torch.randint(6, 17000, (8 + 5 * i,)) for i in range(batch)]
+    greedy = DecodingSpec(LogitsFilter(temperature=0.0), eos_id=-1, pad_id=2)
+    wrapper = AutoregressiveWrapper(net, pad_value=2)
+
+    def staria():
+        return generate_with_cache(net, prompts, new_tokens, greedy)
+
+    def x_transformers():
+        return wrapper.generate(prompts, new_tokens, temperature=0.0, cache_kv=True)
+
+    times: dict[str, list[tuple[float, float]]] = {"staria": [], "x-transformers": []}
+    outputs = {}
+    for _ in range(repeats):
+        for name, run in (("staria", staria), ("x-transformers", x_transformers)):
+            cpu, wall = time.process_time(), time.perf_counter()
+            with torch.no_grad():
+                outputs[name] = run()
+            times[name].append((time.process_time() - cpu, time.perf_counter() - wall))
+    same = torch.equal(outputs["staria"], outputs["x-transformers"])
+    cpu = {name: float(np.median([t[0] for t in runs])) for name, runs in times.items()}
+    wall = {name: float(np.median([t[1] for t in runs])) for name, runs in times.items()}
+    print(
+        f"decoding loop, tiny baseline, batch {batch}, {new_tokens} tokens (within max_seq_len): "
+        f"Staria {cpu['staria']:.2f} CPU-s / {wall['staria']:.2f} s, x-transformers "
+        f"{cpu['x-transformers']:.2f} CPU-s / {wall['x-transformers']:.2f} s; ratio "
+        f"{cpu['staria'] / cpu['x-transformers']:.2f}x CPU, "
+        f"{wall['staria'] / wall['x-transformers']:.2f}x wall; samples equal: {same}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=1024)
@@ -108,6 +148,8 @@ def main() -> None:
         f"last bin / first bin: cache {cached_bins[-1] / cached_bins[0]:.2f}x, "
         f"full prefix {full_bins[-1] / full_bins[0]:.2f}x"
     )
+    for batch in (1, 4):
+        loop_against_wrapper(args.new_tokens // 2, batch)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def generate_with_cache(
     max_seq_len, logits_filter = net.max_seq_len, decoding.logits_filter
     use_cache = decoding.cache_kv and net.can_cache_kv
     cache = None
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=out.device)
     was_training = net.training
     net.eval()
     try:
@@ -122,11 +123,12 @@ def generate_with_cache(
                             layer.cached_kv = [
                                 t[..., -(max_seq_len - 1) :, :] for t in layer.cached_kv
                             ]
+                pads = window_pad_counts(pad_counts, out.shape[1], max_seq_len)
                 logits, next_cache = net(
                     window,
                     return_intermediates=True,
                     cache=cache,
-                    seq_start_pos=window_pad_counts(pad_counts, out.shape[1], max_seq_len),
+                    seq_start_pos=pads if pads.any() else None,  # no pad left: no mask to build
                     **net_kwargs,
                 )
                 cache = next_cache if use_cache else None
@@ -136,7 +138,8 @@ def generate_with_cache(
                 else:
                     sample = torch.multinomial(F.softmax(logits, dim=-1), 1)
                 out = torch.cat((out, sample), dim=-1)
-                if (out[:, prompt_len:] == decoding.eos_id).any(dim=-1).all():
+                finished |= sample[:, 0] == decoding.eos_id
+                if finished.all():
                     break
     finally:
         net.train(was_training)
