@@ -20,12 +20,13 @@ from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
 from staria.training.config import register_configs
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
+from staria.training.runs_table import find_runs, read_run
 
 pytestmark = pytest.mark.slurm
 
 STARIA_TRAIN = Path(sys.executable).with_name("staria-train")
 PROBES_DIR = Path(__file__).parent
-SWEEP_DIR = Path("runs/smoke/stage-none-multirun")
+SWEEP_DIR = Path("runs/smoke")
 SMALL_DATA = ("data.max_seq_len=128",)
 
 
@@ -90,6 +91,17 @@ def csv_metrics(run_dir: Path) -> list[list[dict]]:
     return [list(csv.DictReader(f.open())) if f.is_file() else [] for f in files]
 
 
+def runs_by(sweep_dir: Path, key: str) -> dict:
+    """The sweep's run folders (runs/<name>/stage-<stage>-<signature>) by their value of `key`."""
+    rows = [read_run(run) for run in find_runs([sweep_dir])]
+    return {row.settings.get(key): row.folder for row in rows}
+
+
+def only_run(sweep_dir: Path) -> Path:
+    (run,) = find_runs([sweep_dir])
+    return run
+
+
 def train_losses(rows: list[dict]) -> list[tuple[int, float]]:
     return [(int(row["step"]), float(row["train/loss"])) for row in rows if row["train/loss"]]
 
@@ -103,22 +115,23 @@ def test_sweep_runs_each_point_as_an_array_task_and_a_resubmission_resumes(
     sweep_dir = tmp_path / SWEEP_DIR
     array_tasks = sorted(p.name for p in (sweep_dir / ".submitit").glob("[0-9]*_[0-9]*"))
     assert len(array_tasks) == 2 and array_tasks[0].split("_")[0] == array_tasks[1].split("_")[0]
-    for job_num, lr in ((0, 1e-4), (1, 3e-4)):
-        run_dir = sweep_dir / str(job_num)
+    runs = runs_by(sweep_dir, "model.optimizer.lr")
+    assert sorted(runs) == [1e-4, 3e-4]
+    for run_dir in runs.values():
         assert json.loads((run_dir / FINISHED_MARKER).read_text())["global_step"] == 4
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-        assert f"lr: {lr}" in (run_dir / "config.yaml").read_text()
 
-    # A crash after the last checkpoint of point 1 (no finished marker): the same command
-    # resumes it from last.ckpt without training again, and leaves finished point 0 alone.
-    (sweep_dir / "1" / FINISHED_MARKER).unlink()
-    finished_0 = (sweep_dir / "0" / FINISHED_MARKER).stat().st_mtime_ns
+    # A crash after the last checkpoint of point 3e-4 (no finished marker): the same command
+    # resumes it from last.ckpt without training again, and leaves finished point 1e-4 alone.
+    (runs[3e-4] / FINISHED_MARKER).unlink()
+    finished_0 = (runs[1e-4] / FINISHED_MARKER).stat().st_mtime_ns
     staria_train_on_slurm(tmp_path, slurm_cluster, data_cache, *sweep, timeout_s=240)
-    assert (sweep_dir / "0" / FINISHED_MARKER).stat().st_mtime_ns == finished_0
-    assert len(csv_metrics(sweep_dir / "0")) == 1
-    resumed = csv_metrics(sweep_dir / "1")
+    assert runs_by(sweep_dir, "model.optimizer.lr") == runs
+    assert (runs[1e-4] / FINISHED_MARKER).stat().st_mtime_ns == finished_0
+    assert len(csv_metrics(runs[1e-4])) == 1
+    resumed = csv_metrics(runs[3e-4])
     assert len(resumed) == 2 and not train_losses(resumed[1])
-    assert json.loads((sweep_dir / "1" / FINISHED_MARKER).read_text())["global_step"] == 4
+    assert json.loads((runs[3e-4] / FINISHED_MARKER).read_text())["global_step"] == 4
 
 
 def test_two_node_ddp_with_gloo_trains_and_ranks_agree(slurm_cluster, tmp_path, data_cache):
@@ -133,7 +146,7 @@ def test_two_node_ddp_with_gloo_trains_and_ranks_agree(slurm_cluster, tmp_path, 
         "+callbacks.rank_report._target_=training_probes.RankReport",
         timeout_s=240,
     )
-    run_dir = tmp_path / SWEEP_DIR / "0"
+    run_dir = only_run(tmp_path / SWEEP_DIR)
     reports = [json.loads((run_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert {report["node"] for report in reports} == set(slurm_cluster.nodes)
     for rank, report in enumerate(reports):
@@ -173,7 +186,7 @@ def test_job_past_its_time_limit_checkpoints_requeues_and_resumes(
         "+callbacks.validation_pace.batch_s=45",
         timeout_s=400,
     )
-    run_dir = tmp_path / SWEEP_DIR / "0"
+    run_dir = only_run(tmp_path / SWEEP_DIR)
     assert json.loads((run_dir / FINISHED_MARKER).read_text())["global_step"] == max_steps
     assert not any(row.get("val/loss") for rows in csv_metrics(run_dir) for row in rows)
 

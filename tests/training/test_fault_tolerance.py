@@ -31,10 +31,10 @@ from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, Checkpo
 from staria.training.resume import (
     FINISHED_MARKER,
     RunInUseError,
-    config_changes,
     resume_point,
     run_folder_lock,
 )
+from staria.training.run_identity import config_changes
 from staria.training.train import (
     RunConfigChangedError,
     UnusableCheckpointsError,

@@ -18,6 +18,7 @@ from training.runs import preempt_at_step, run_staria_train, smoke
 from wandb.proto import wandb_internal_pb2
 
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
+from staria.training.runs_table import find_runs, read_run
 from staria.training.train import train
 
 BLOCK_SIZE, HEADER_SIZE = 32768, 7  # the log's block and record-header sizes
@@ -141,8 +142,9 @@ def test_each_job_of_a_local_multirun_owns_its_wandb_run(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     run_ids = []
-    for seed in (0, 1):
-        job_dir = sweep_dir / str(seed)
+    job_dirs = {read_run(run).settings["seed"]: run for run in find_runs([sweep_dir])}
+    assert sorted(job_dirs) == [0, 1]
+    for seed, job_dir in job_dirs.items():
         run_id = (job_dir / WANDB_ID_FILE).read_text().strip()
         (folder,) = (job_dir / "wandb").glob("offline-run-*")  # its own run, one
         assert folder.name.endswith(f"-{run_id}")

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 
 from staria.paths import midi_dir
+from staria.training.run_identity import run_signature_resolver
 
 
 @dataclass
@@ -122,11 +123,13 @@ def check_consistent(cfg: DictConfig) -> None:
 
 def register_configs() -> None:
     """Make the schemas available as `train_schema`, `stage/schema` and `paths/schema`, and
-    the `data_for_model` resolver."""
+    the `data_for_model`, `midi_dir` and `run_signature` resolvers."""
     if not OmegaConf.has_resolver("data_for_model"):
         OmegaConf.register_new_resolver("data_for_model", data_for_model)
     if not OmegaConf.has_resolver("midi_dir"):  # STARIA_MIDI_DIR, else the repo's ../shared/midi
         OmegaConf.register_new_resolver("midi_dir", lambda: str(midi_dir()))
+    if not OmegaConf.has_resolver("run_signature"):  # the run folder's settings signature
+        OmegaConf.register_new_resolver("run_signature", run_signature_resolver)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(group="stage", name="schema", node=StageConfig)

@@ -28,6 +28,7 @@ from staria.training.checkpointing import (
 )
 
 FINISHED_MARKER = "finished.json"
+RESOLVED_CONFIG = "config.yaml"
 WANDB_ID_FILE = "wandb_run_id"
 
 
@@ -185,37 +186,3 @@ def load_stored_config(path: Path) -> dict | None:
     except Exception:  # any parse failure: a damaged file
         return None
     return stored if isinstance(stored, dict) else None
-
-
-# Settings a rerun may change (dotted paths): how it runs, records and prints, not what it
-# trains. Keys whose name ends in "dir" are locations (they follow the working folder), never
-# compared either.
-RERUN_MAY_CHANGE = (
-    "print_config",
-    "train",
-    "test",
-    "allow_pickle_runs_code",
-    "resume",
-    "run_id",
-    "paths",
-    "callbacks",
-    "logger",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-)
-
-
-def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
-    """`key: stored -> current` for each setting a rerun changed (resolved configs as dicts)."""
-    changes = []
-    for key in sorted(set(stored) | set(current), key=str):
-        full = f"{prefix}{key}"
-        if full in RERUN_MAY_CHANGE or str(key).endswith("dir"):
-            continue
-        old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{full}.")
-        elif old != new:
-            changes.append(f"{full}: {old!r} -> {new!r}")
-    return changes

@@ -35,8 +35,8 @@ from staria.training.config import (
 )
 from staria.training.preemption import Preempted, PreemptionCheckpoint
 from staria.training.resume import (
+    RESOLVED_CONFIG,
     ResumePoint,
-    config_changes,
     has_progress,
     load_stored_config,
     mark_finished,
@@ -45,10 +45,11 @@ from staria.training.resume import (
     store_wandb_run_id,
     wandb_run_id,
 )
+from staria.training.run_identity import config_changes, link_newest
+from staria.training.runs_table import find_runs, format_table, read_run
 from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)
-RESOLVED_CONFIG = "config.yaml"
 # Exit status of a run stopped by a signal after its checkpoint (like sysexits' EX_TEMPFAIL:
 # rerun the same command to continue).
 EXIT_INTERRUPTED = 75
@@ -174,7 +175,8 @@ def refuse_foreign_checkpoints(folder: Path) -> None:
 
 @rank_zero_only
 def prepare_run_dir(cfg: DictConfig) -> None:
-    """Store the W&B id (a resume logs to the same run) and the resolved config."""
+    """Store the W&B id (a resume logs to the same run) and the resolved config, and link
+    `runs/<name>/stage-<stage>` to this run (`run_identity.link_newest`)."""
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store_wandb_run_id(run_dir, cfg.run_id)
@@ -187,6 +189,7 @@ def prepare_run_dir(cfg: DictConfig) -> None:
             RESOLVED_CONFIG,
         )
     write_text_atomic(stored, OmegaConf.to_yaml(cfg, resolve=True))
+    link_newest(run_dir)
 
 
 def train(cfg: DictConfig) -> pl.Trainer | None:
@@ -375,6 +378,17 @@ class HydraConfigForLaunchers(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)
+
+
+class RunsTableAfterSweep(Callback):
+    """At the end of a multirun, the `staria-runs` table of every run of its name (the sweep
+    folder `runs/<name>`): status, step, best validation loss and the settings that differ."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = find_runs([sweep_dir]) if sweep_dir.is_dir() else []
+        if runs:
+            print(format_table([read_run(run) for run in runs], sweep_dir.resolve()))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
