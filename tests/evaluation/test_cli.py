@@ -2,6 +2,7 @@
 classifier: metrics JSON, confusion PNGs, the report, its rebuild, and dataset statistics."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from staria.data.datasets import PieceSource
 from staria.data.preprocess import CachedSplit, TokenLayout
-from staria.evaluation.cli import main
+from staria.evaluation.cli import EvaluationInputError, main
 from staria.evaluation.notes import TokenKind, TokenTable
 from staria.generation.generate import generate
 from staria.paths import REPO_ROOT
@@ -59,7 +60,49 @@ def test_samples_writes_structure_and_classifier_metrics(evaluated):
     assert json.loads((eval_dir / "form_scores.json").read_text())["class_names"] == list(FORMS)
     page = (eval_dir / "report.html").read_text()
     assert page.count("<audio") + page.count("no audio") == 4
-    assert "form confusion" in page and "structure/eos_fraction" in page
+    assert "form confusion" in page and "<td>eos_fraction</td>" in page
+
+
+def test_the_report_gives_provenance_reference_chance_and_links(evaluated):
+    eval_dir = evaluated["eval_dir"]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["reference"]["eos_fraction"] == 1.0  # indexed pieces all end with <E>
+    assert metrics["reference"]["form_match_fraction"] == 1.0  # their sections spell their form
+    assert metrics["chance"]["form_match_fraction"] == pytest.approx(1 / len(FORMS))
+    low, high = metrics["intervals"]["eos_fraction"]
+    assert low <= metrics["structure"]["eos_fraction"] <= high
+    page = (eval_dir / "report.html").read_text()
+    title = re.search(r"<h1>(.*?)</h1>", page).group(1)
+    assert title == "Staria evaluation: …/" + "/".join(evaluated["gen_dir"].parts[-3:])
+    manifest = json.loads((evaluated["gen_dir"] / "manifest.json").read_text())
+    assert manifest["provenance"]["commit"] in page
+    assert "essentially untrained" in page  # one step of training
+    for href in re.findall(r'<a href="([^"]+\.mid)">', page):
+        assert (eval_dir / href).resolve().is_file()
+    assert len(re.findall(r'<a href="([^"]+\.mid)">', page)) == 4
+    checkpoint = re.search(r'<a href="([^"]+\.ckpt)">', page).group(1)
+    assert (eval_dir / checkpoint).resolve() == Path(manifest["checkpoint"])
+
+
+def test_compare_puts_two_evaluations_side_by_side(evaluated, tmp_path):
+    other = tmp_path / "other"
+    args = ["samples", str(evaluated["gen_dir"]), "--reference", str(evaluated["val"])]
+    assert main([*args, "--out", str(other), "--audio-seconds", "1"]) == 0
+    out = tmp_path / "compare"
+    assert main(["compare", str(evaluated["eval_dir"]), str(other), "--out", str(out)]) == 0
+    columns = json.loads((out / "compare.json").read_text())
+    assert [c["metrics"]["structure"]["num_samples"] for c in columns] == [4, 4]
+    page = (out / "compare.html").read_text()
+    row = re.search(r"<tr><td>eos_fraction</td>(.*?)</tr>", page).group(1)
+    cells = re.findall(r'<td class="value">(.*?)</td>', row)
+    assert len(cells) == 2 + 3  # two models, reference, chance, meaning
+    assert cells[0] == cells[1]  # the same samples scored twice
+    for href in re.findall(r'<a href="([^"]+report\.html)">', page):
+        assert (out / href).resolve().is_file()
+    with pytest.raises(EvaluationInputError, match="two or more"):
+        main(["compare", str(other), "--out", str(out)])
+    with pytest.raises(EvaluationInputError, match="not an evaluation folder"):
+        main(["compare", str(other), str(tmp_path), "--out", str(out)])
 
 
 def test_report_rebuilds_the_page_from_the_evaluation_folder(evaluated):

@@ -123,8 +123,50 @@ def test_report_is_self_contained(media, tmp_path):
         source.startswith(("data:image/png;base64,", "data:audio/wav;base64,"))
         for source in sources
     )
-    assert "structure/section_similarity_gap" in page and "form/confusion" not in page
+    assert "<td>section_similarity_gap</td>" in page and "form/confusion" not in page
+    assert "form/accuracy" in page
     assert "the MIDI file does not read back" in page
+
+
+def test_report_says_what_made_the_samples_and_warns_when_untrained(media, tmp_path):
+    metrics = {
+        **METRICS,
+        "intervals": {"eos_fraction": [0.1, 0.9]},
+        "reference": {"eos_fraction": 1.0},
+        "chance": {"section_similarity_gap": 0.0},
+    }
+    provenance = {
+        "checkpoint_html": '<a href="../x/last.ckpt">x/last.ckpt</a>',
+        "step": 150,
+        "val_loss": 9.7,
+        "uniform_loss": 9.78,
+        "sampling": {"temperature": 0.9, "top_p": 0.95},
+        "commit": "0123456789ab",
+    }
+    links = {m.name: f"../{m.name}.mid" for m in media}
+    page = write_report(
+        tmp_path / "report.html",
+        metrics,
+        media,
+        title="Staria evaluation: runs/x",
+        provenance=provenance,
+        sample_links=links,
+        meanings={"eos_fraction": "ended with <E>"},
+    ).read_text()
+    assert "essentially untrained" in page and "0123456789ab" in page
+    assert '<a href="../x/last.ckpt">' in page and "temperature=0.9, top_p=0.95" in page
+    row = re.search(r"<tr><td>eos_fraction</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r'<td class="value">(.*?)</td>', row) == [
+        "0.5 [0.1, 0.9]",
+        "1",
+        "–",
+        "ended with &lt;E&gt;",
+    ]
+    assert all(f'href="../{m.name}.mid"' in page for m in media)
+    trained = write_report(
+        tmp_path / "t.html", metrics, media, provenance={**provenance, "val_loss": 3.2}
+    ).read_text()
+    assert "untrained" not in trained
 
 
 def chromium_verdict(page: Path, tmp_path: Path) -> dict:

@@ -9,10 +9,16 @@ from evaluation.midi_files import write_midi
 from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
 from staria.evaluation.samples import GeneratedSample
 from staria.evaluation.structure_metrics import (
+    MEANINGS,
+    StructureMetrics,
+    chance_metrics,
     jensen_shannon_distance,
+    metric_intervals,
+    reference_metrics,
     section_similarities,
     structure_metrics,
     texture,
+    wilson_interval,
 )
 from staria.midi_io import NoteTable, read_notes
 from staria.tokenizer import SEGMENT_MS
@@ -167,3 +173,56 @@ def test_tokenized_real_piece_is_close_to_itself(tokenizer, table, shared_midi_d
     assert metrics.duration_js < 0.1
     assert metrics.valid_midi_fraction == 1.0
     assert metrics.section_similarity_same is None  # no section tokens, nothing to compare
+
+
+def test_wilson_interval_known_values():
+    # 5 of 10: centre 0.5, half-width 1.96 sqrt(0.025 + 0.009604) / 1.38416 = 0.26340
+    low, high = wilson_interval(5, 10)
+    assert (low, high) == (pytest.approx(0.23659, abs=1e-5), pytest.approx(0.76341, abs=1e-5))
+    # 0 of 4: [0, z^2 / (n + z^2)]
+    assert wilson_interval(0, 4) == (pytest.approx(0.0), pytest.approx(3.8416 / 7.8416))
+    assert wilson_interval(0, 0) is None
+
+
+def test_chance_is_a_random_form_no_gap_and_uniform_notes():
+    # Every reference note has pitch class 0: uniform p = 1/12 each, q = all mass on 0,
+    # mean m = (13/24, 1/24 x 11).
+    reference = [read_notes_from([(60, 0, 500), (72, 500, 500)])]
+    chance = chance_metrics(reference, num_forms=9)
+    kl_p = (1 / 12) * np.log2((1 / 12) / (13 / 24)) + (11 / 12) * np.log2(2)
+    kl_q = np.log2(24 / 13)
+    assert chance["pitch_class_js"] == pytest.approx(np.sqrt((kl_p + kl_q) / 2))
+    assert chance["form_match_fraction"] == pytest.approx(1 / 9)
+    assert chance["section_similarity_gap"] == 0.0
+    assert chance_metrics([], 9)["duration_js"] is None
+
+
+def test_reference_values_are_what_the_reference_itself_scores(tokenizer, table):
+    aba = sequence_ids(tokenizer, [("A", A_NOTES), ("B", B_NOTES), ("A", A_NOTES)], form="ABA")
+    pieces = [sectioned_notes(aba, table)] * 4
+    reference = reference_metrics(pieces, ["ABA", "ABA", "ABA", None])
+    assert reference["eos_fraction"] == 1.0 and reference["form_match_fraction"] == 1.0
+    cosine_ab = 2 / np.sqrt((3 / 9 + 2 / 4 + 2) * 4)
+    assert reference["section_similarity_gap"] == pytest.approx(1.0 - cosine_ab)
+    # Two equal halves: every histogram distance is 0.
+    assert reference["pitch_class_js"] == pytest.approx(0.0)
+    assert reference_metrics(pieces[:1], ["ABA"])["pitch_class_js"] is None
+
+
+def test_intervals_cover_the_value_and_every_metric_has_a_meaning(tokenizer, table, tmp_path):
+    aba = sequence_ids(tokenizer, [("A", A_NOTES), ("B", B_NOTES), ("A", A_NOTES)], form="ABA")
+    ab = sequence_ids(tokenizer, [("A", A_NOTES), ("B", B_NOTES)], form="ABA", eos=False)
+    midi = write_midi(tmp_path / "a.mid", A_NOTES)
+    samples = [sample(aba, midi, form="ABA"), sample(ab, midi, form="ABA", eos=False)] * 3
+    metrics = structure_metrics(samples, table).as_dict()
+    intervals = metric_intervals(samples, table)
+    assert intervals["eos_fraction"] == wilson_interval(3, 6)
+    assert intervals["form_match_fraction"] == wilson_interval(3, 6)
+    for name in ("section_similarity_gap", "silence_ratio", "note_density"):
+        low, high = intervals[name]
+        assert low <= metrics[name] <= high, name
+    # Every ABA sample has the same gap: resampling cannot move it.
+    assert intervals["section_similarity_gap"][0] == pytest.approx(
+        intervals["section_similarity_gap"][1]
+    )
+    assert set(MEANINGS) == set(StructureMetrics.__dataclass_fields__)

@@ -2,6 +2,7 @@
 and from-scratch prompts write MIDI files that read back and a manifest evaluation can read."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,15 @@ import pytest
 from generation.runs import train_tiny_run
 from hydra import compose, initialize_config_dir
 
-from staria.data.datasets import PieceSource, SequenceSettings
+from staria.data.datasets import PieceSource, SequenceSettings, section_snippets
 from staria.data.preprocess import CachedSplit, TokenLayout
 from staria.evaluation.samples import read_manifest
 from staria.generation.checkpoint import load_checkpoint
 from staria.generation.generate import generate
 from staria.generation.manifest import OutputFolderError
-from staria.generation.prompts import PromptError, piece_from_split, section_snippets
+from staria.generation.prompts import PromptError, piece_from_split
 from staria.generation.sampling import SamplingConfigError
+from staria.midi_io import read_notes
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
 
@@ -76,7 +78,14 @@ def test_staria_samples_start_the_piece_and_carry_the_data_modules_snippets(runs
         assert sample.form == "ABA"
         assert sample.style == split.pieces[index].style["genre"]
     record = json.loads(manifest.read_text())
-    assert set(record) == {"checkpoint", "config", "seed", "timing", "samples"}
+    assert set(record) == {"checkpoint", "provenance", "config", "seed", "timing", "samples"}
+    history = json.loads((runs["staria"].parent / "checkpoint_history.json").read_text())
+    validated = [e for e in history if e["value"] is not None]
+    provenance = record["provenance"]
+    assert provenance["step"] == 1 and provenance["model"] == "StariaModel"
+    assert provenance["val_loss"] == validated[-1]["value"] and provenance["val_loss_step"] == 1
+    assert provenance["uniform_loss"] == pytest.approx(np.log(17742))
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", provenance["commit"])
     assert set(record["samples"][0]) >= MANIFEST_SAMPLE_KEYS
     assert record["checkpoint"] == str(runs["staria"].resolve())
     assert record["config"]["sampling"]["max_length"] == 48
@@ -127,19 +136,128 @@ def test_snippets_from_a_labelled_midi_file_match_its_indexed_piece(runs, tmp_pa
     )
     samples = read_manifest(manifest)
     layout = TokenLayout(TOKENIZER)
-    indexed = section_snippets(piece_from_split(split, 0, TOKENIZER), layout, 64, 4)
+    piece = piece_from_split(split, 0, TOKENIZER)
+    indexed = section_snippets(piece.ids, piece.sections, layout, SequenceSettings(64, 4))
     expected = [s.tolist() for s in indexed]
     assert all([list(s) for s in sample.prompt_ids] == expected for sample in samples)
     assert all(sample.form == split.pieces[0].form for sample in samples)
 
 
-def test_a_midi_file_without_labels_is_refused_by_name(runs, tmp_path):
+def plain_copy(runs, tmp_path) -> tuple[Path, np.ndarray]:
+    """A labelled piece's MIDI file without its labels, and its plain token ids."""
     midi = tmp_path / "unlabelled.mid"
     midi.write_bytes(Path(val_split(runs["staria"]).pieces[0].path).read_bytes())
-    with pytest.raises(PromptError, match=r"unlabelled\.mid"):
-        run_generate(
-            runs["staria"], tmp_path / "out", "prompt.source=midi", f"prompt.midi=[{midi}]"
+    return midi, TOKENIZER.notes_to_ids(read_notes(midi))
+
+
+def manifest_prompts(manifest: Path) -> list[dict]:
+    return [record["prompt"] for record in json.loads(manifest.read_text())["samples"]]
+
+
+def test_a_plain_midi_file_is_one_a_section_as_training_reads_it(runs, tmp_path):
+    midi, ids = plain_copy(runs, tmp_path)
+    body = ids[list(ids).index(TOKENIZER.bos_id) + 1 :]
+    # A checkpoint trained on labelled pieces needs a form to start a sample: named refusal.
+    with pytest.raises(PromptError, match=r"unlabelled\.mid.*prompt\.form"):
+        run_generate(runs["staria"], tmp_path / "a", "prompt.source=midi", f"prompt.midi=[{midi}]")
+    for model in ("staria", "baseline"):
+        manifest = run_generate(
+            runs[model],
+            tmp_path / model,
+            "prompt.source=midi",
+            f"prompt.midi=[{midi}]",
+            "prompt.form=ABA",
         )
+        sample = read_manifest(manifest)[0]
+        section_a = TOKENIZER.token_to_id[TOKENIZER.section_token("A")]
+        assert [list(s) for s in sample.prompt_ids] == [[section_a, *body[:64].tolist()]]
+        start = manifest_prompts(manifest)[0]
+        assert TOKENIZER.decode(start["decoder_start_ids"])[1:] == ["<ABA>", "<S>", "<A_SECTION>"]
+        assert start["sections_from"] == "whole" and start["source"] == str(midi)
+
+
+def test_time_windows_cut_one_snippet_per_window(runs, tmp_path):
+    midi, _ = plain_copy(runs, tmp_path)
+    notes = read_notes(midi)
+    onsets = notes.start_ms / 1000.0
+    middle = float(np.median(onsets))
+    windows = [[0.0, middle], [middle, float(onsets.max()) + 1.0]]
+    manifest = run_generate(
+        runs["staria"],
+        tmp_path / "w",
+        "prompt.source=midi",
+        f"prompt.midi=[{midi}]",
+        f"prompt.windows={json.dumps(windows)}",
+        "num_samples=1",
+    )
+    sample = read_manifest(manifest)[0]
+    assert sample.form == "AB" and manifest_prompts(manifest)[0]["sections_from"] == "windows"
+    letters = [TOKENIZER.decode([snippet[0]])[0] for snippet in sample.prompt_ids]
+    assert letters == ["<A_SECTION>", "<B_SECTION>"]
+    # Each snippet opens with the file's first notes inside its window (pitches, in order).
+    for snippet, (start, _) in zip(sample.prompt_ids, windows, strict=True):
+        snippet_notes = TOKENIZER.ids_to_notes(np.asarray(snippet[1:]))
+        inside = np.sort(notes.pitch[onsets >= start - 0.005][: len(snippet_notes)])
+        assert sorted(snippet_notes.pitch.tolist()) == inside.tolist()
+    with pytest.raises(PromptError, match=r"prompt\.windows"):
+        run_generate(
+            runs["staria"],
+            tmp_path / "bad",
+            "prompt.source=midi",
+            f"prompt.midi=[{midi}]",
+            "prompt.windows=[[3,1]]",
+        )
+
+
+def test_a_plain_start_has_no_structure_tokens_and_continues_the_opening(runs, tmp_path):
+    midi, ids = plain_copy(runs, tmp_path)
+    notes = TOKENIZER.ids_to_notes(ids)
+    cut_s = float(np.sort(notes.start_ms)[5]) / 1000.0 + 0.001  # the first six onsets
+    manifest = run_generate(
+        runs["baseline"],
+        tmp_path / "p",
+        "prompt.source=midi",
+        f"prompt.midi=[{midi}]",
+        "prompt.structure=plain",
+        f"prompt.continue_s={cut_s}",
+        "sampling.max_length=200",
+    )
+    start = np.asarray(manifest_prompts(manifest)[0]["decoder_start_ids"])
+    bos = list(start).index(TOKENIZER.bos_id)
+    assert TOKENIZER.decode(list(start[: bos + 1])) == [("prefix", "instrument", "piano"), "<S>"]
+    structure = [TOKENIZER.token_to_id[TOKENIZER.section_token(letter)] for letter in "ABCD"]
+    assert not np.isin(start, structure).any()
+    continued = TOKENIZER.ids_to_notes(start)
+    expected = notes.start_ms < cut_s * 1000.0
+    assert continued.pitch.tolist() == notes.pitch[expected].tolist()
+    assert (start == ids[: len(start)]).all(), "the start is the file's own opening tokens"
+    with pytest.raises(PromptError, match="without form tokens"):
+        run_generate(
+            runs["staria"],
+            tmp_path / "f",
+            "prompt.source=midi",
+            f"prompt.midi=[{midi}]",
+            "prompt.structure=plain",
+            "prompt.form=AB",
+        )
+
+
+def test_the_checkpoint_records_how_its_pieces_were_laid_out(runs):
+    loaded = load_checkpoint(runs["staria"])
+    assert loaded.task.trained_structure == "labelled" and loaded.structure == "labelled"
+
+
+def test_prompt_errors_name_the_file(runs, tmp_path):
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")
+    for path in (broken, tmp_path / "absent.mid"):
+        with pytest.raises(PromptError, match=path.name):
+            run_generate(
+                runs["staria"], tmp_path / "o", "prompt.source=midi", f"prompt.midi=[{path}]"
+            )
+    split = val_split(runs["staria"])
+    piece = piece_from_split(split, 1, TOKENIZER)
+    assert piece.source.startswith(split.pieces[1].path) and "piece 1 of" in piece.source
 
 
 def test_decoded_midi_holds_the_sampled_notes(runs, tmp_path):

@@ -217,6 +217,16 @@ class MidiDataModule(L.LightningDataModule):
             self.check_trainable(found)
         self._set_up.add(stage)
 
+    def structure(self) -> str | None:
+        """How the training pieces are laid out: `labelled` (form and section tokens, most
+        train pieces have sections) or `plain` (unlabelled real MIDI); None before `setup`."""
+        train = self.datasets.get("train")
+        if train is None or not hasattr(train, "source"):
+            return None
+        pieces = train.source.split.pieces
+        labelled = sum(bool(record.sections) for record in pieces)
+        return "labelled" if pieces and 2 * labelled >= len(pieces) else "plain"
+
     def check_trainable(self, found: IndexResult) -> None:
         """`NotEnoughDataError` unless training has examples and validation has some (unless
         switched off: `val_fraction=0` or `trainer.limit_val_batches=0`): an empty or tiny

@@ -8,7 +8,7 @@ every run, worker and rank.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,16 +130,28 @@ class PieceSource:
         return np.concatenate([np.arange(head), np.arange(start, start + max_len - head)])
 
     def snippets(self, piece: int, ids: np.ndarray, settings: SequenceSettings) -> list[np.ndarray]:
-        """For each form letter (first-appearance order): its section token and the opening of
-        its first occurrence, at most `snippet_len` tokens."""
-        snippets, seen = [], set()
-        for letter, start, end in self.sections(piece, ids):
-            if letter in seen or len(snippets) == settings.max_snippets:
-                continue
-            seen.add(letter)
-            opening = ids[start : min(end, start + settings.snippet_len)]
-            snippets.append(np.concatenate([[self.layout.section_id[letter]], opening]))
-        return snippets
+        """The piece's snippets (`section_snippets`)."""
+        return section_snippets(ids, self.sections(piece, ids), self.layout, settings)
+
+
+def section_snippets(
+    ids: np.ndarray,
+    sections: Sequence[tuple[str, int, int]],
+    layout: TokenLayout,
+    settings: SequenceSettings,
+) -> list[np.ndarray]:
+    """For each form letter of `sections` (`(letter, start, end)` token spans of `ids`, in
+    first-appearance order, at most `max_snippets`): its section token and the opening of its
+    first occurrence, at most `snippet_len` tokens (int64). Training examples and generation
+    prompts are both cut here."""
+    snippets, seen = [], set()
+    for letter, start, end in sections:
+        if letter in seen or len(snippets) == settings.max_snippets:
+            continue
+        seen.add(letter)
+        opening = ids[start : min(end, start + settings.snippet_len)]
+        snippets.append(np.concatenate([[layout.section_id[letter]], opening]).astype(np.int64))
+    return snippets
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:

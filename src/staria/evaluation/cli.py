@@ -3,6 +3,7 @@
     staria-eval samples GEN_DIR [--reference DATA] [--classifier CKPT] [--out DIR] [--wandb MODE]
     staria-eval stats INPUT... --out DIR
     staria-eval report EVAL_DIR
+    staria-eval compare EVAL_DIR EVAL_DIR... --out DIR
 
 DATA and INPUT are folders of MIDI files (labels JSON beside them are read when present),
 generated folders (MIDI plus manifest.json), or indexed split folders of `staria-data index`.
@@ -13,7 +14,9 @@ An evaluation folder holds `metrics.json`, `<task>_scores.json`, `<task>_confusi
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -34,13 +37,18 @@ from staria.evaluation.data_statistics import (
     load_pieces,
     save_statistics,
 )
-from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
-from staria.evaluation.report import log_to_wandb, render_samples, write_report
+from staria.evaluation.notes import SectionedNotes, TokenKind, TokenTable, sectioned_notes
+from staria.evaluation.report import log_to_wandb, render_samples, write_comparison, write_report
 from staria.evaluation.samples import GeneratedSample, read_manifest
-from staria.evaluation.structure_metrics import structure_metrics
+from staria.evaluation.structure_metrics import (
+    MEANINGS,
+    chance_metrics,
+    metric_intervals,
+    reference_metrics,
+    structure_metrics,
+)
 from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
 from staria.generation.manifest import MANIFEST_FILE
-from staria.midi_io import NoteTable
 from staria.models import SequenceClassifier
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 
@@ -81,12 +89,15 @@ def input_pieces(
     return load_pieces(path, tokenizer)
 
 
-def reference_notes(path: str | Path, table: TokenTable, tokenizer) -> list[NoteTable]:
-    """Notes of every reference piece, read from token ids like the generated samples'."""
+def reference_pieces(
+    path: str | Path, table: TokenTable, tokenizer
+) -> list[tuple[SectionedNotes, PieceLabels | None]]:
+    """Every reference piece decoded from token ids like the generated samples', with its
+    labelled form (None where its tokens carry no sections)."""
     pieces, _ = input_pieces(path, tokenizer)
     if not pieces:
         raise EvaluationInputError(f"reference {path} holds no readable MIDI pieces")
-    return [sectioned_notes(piece.tokens, table).notes for piece in pieces]
+    return [(sectioned_notes(p.tokens, table), p.labels) for p in pieces]
 
 
 def head_logits(
@@ -147,6 +158,48 @@ def classifier_scores(
     return metrics, figures
 
 
+def display_path(path: str | Path, short: bool = False) -> str:
+    """`path` relative to the working folder when inside it; else as given, or with `short`
+    its last three parts (`…/<run>/generated/<name>`)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path("…", *path.parts[-3:])) if short else str(path)
+
+
+def report_provenance(manifest: dict, settings: dict[str, Any], eval_dir: Path) -> dict:
+    """What made the samples, for the report: checkpoint (a link), step, validation loss
+    beside the uniform guess, sampling and prompt settings, seed, code version, reference."""
+    trained = manifest.get("provenance", {})
+    config = manifest.get("config", {})
+    checkpoint = Path(manifest.get("checkpoint", ""))
+    href = os.path.relpath(checkpoint, eval_dir) if checkpoint.name else None
+    loss, loss_step = trained.get("val_loss"), trained.get("val_loss_step")
+    return {
+        "checkpoint_html": f'<a href="{html.escape(href)}">{html.escape(display_path(checkpoint))}'
+        "</a>"
+        if href
+        else "–",
+        "model": trained.get("model"),
+        "step": trained.get("step"),
+        "val_loss": loss,
+        "val_loss at step": loss_step,
+        "uniform_loss": trained.get("uniform_loss"),
+        "sampling": config.get("sampling"),
+        "prompt": {
+            k: v
+            for k, v in (config.get("prompt") or {}).items()
+            if k in ("source", "form", "structure", "continue_s", "windows", "labeller")
+        },
+        "seed": manifest.get("seed"),
+        "samples": len(manifest.get("samples", [])),
+        "commit": trained.get("commit"),
+        "reference": display_path(settings["reference"]) if settings["reference"] else None,
+        "classifier": display_path(settings["classifier"]) if settings["classifier"] else None,
+    }
+
+
 def render_report(
     eval_dir: Path,
     samples: Sequence[GeneratedSample],
@@ -158,8 +211,19 @@ def render_report(
     media = render_samples(
         samples, table, audio_seconds=settings["audio_seconds"], soundfont=settings["soundfont"]
     )
-    title = f"Staria evaluation: {settings['samples']}"
-    report = write_report(eval_dir / REPORT_FILE, metrics, media, figures, title=title)
+    gen_dir = Path(settings["samples"])
+    manifest = json.loads((gen_dir / MANIFEST_FILE).read_text())
+    links = {s.name: os.path.relpath(s.midi_path, eval_dir) for s in samples}
+    report = write_report(
+        eval_dir / REPORT_FILE,
+        metrics,
+        media,
+        figures,
+        title=f"Staria evaluation: {display_path(gen_dir, short=True)}",
+        provenance=report_provenance(manifest, settings, eval_dir),
+        sample_links=links,
+        meanings=MEANINGS,
+    )
     if settings.get("wandb", "off") != "off":
         import wandb
 
@@ -180,15 +244,24 @@ def evaluate_samples(
     wandb_mode: str = "off",
 ) -> Path:
     """Metrics JSON, confusion PNGs and the HTML report of a generated folder; returns the
-    report's path."""
+    report's path. The structure metrics come with 95% intervals, and, given a reference
+    set, its own values (the ceiling) and chance (`structure_metrics`)."""
     gen_dir = Path(gen_dir)
     eval_dir = Path(out_dir) if out_dir else gen_dir / "evaluation"
     eval_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = MusicTokenizerWithStyle()
     table = TokenTable.from_tokenizer(tokenizer)
     samples = read_manifest(gen_dir / MANIFEST_FILE)
-    notes = reference_notes(reference, table, tokenizer) if reference else ()
-    metrics: dict[str, Any] = {"structure": structure_metrics(samples, table, notes).as_dict()}
+    refs = reference_pieces(reference, table, tokenizer) if reference else []
+    notes = [piece.notes for piece, _ in refs]
+    metrics: dict[str, Any] = {
+        "structure": structure_metrics(samples, table, notes).as_dict(),
+        "intervals": metric_intervals(samples, table),
+        "chance": chance_metrics(notes, len(FORMS)),
+    }
+    if refs:
+        forms = [labels.form if labels and p.letters else None for p, labels in refs]
+        metrics["reference"] = reference_metrics([p for p, _ in refs], forms)
     figures: dict[str, bytes] = {}
     if classifier:
         scores, figures = classifier_scores(classifier, samples, table, tokenizer, eval_dir)
@@ -209,11 +282,8 @@ def evaluate_samples(
 def rebuild_report(eval_dir: str | Path) -> Path:
     """Write `report.html` again from an evaluation folder's metrics, figures and samples."""
     eval_dir = Path(eval_dir)
-    settings_file = eval_dir / EVALUATION_FILE
-    if not settings_file.is_file():
-        raise EvaluationInputError(f"{eval_dir} is not an evaluation folder: no {EVALUATION_FILE}")
-    settings = json.loads(settings_file.read_text()) | {"wandb": "off"}
-    metrics = json.loads((eval_dir / METRICS_FILE).read_text())
+    settings, metrics = read_evaluation(eval_dir)
+    settings["wandb"] = "off"
     figures = {
         f"{png.name.removesuffix(CONFUSION_SUFFIX)} confusion": png.read_bytes()
         for png in sorted(eval_dir.glob(f"*{CONFUSION_SUFFIX}"))
@@ -221,6 +291,43 @@ def rebuild_report(eval_dir: str | Path) -> Path:
     samples = read_manifest(Path(settings["samples"]) / MANIFEST_FILE)
     table = TokenTable.from_tokenizer(MusicTokenizerWithStyle())
     return render_report(eval_dir, samples, metrics, figures, settings, table)
+
+
+def read_evaluation(eval_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An evaluation folder's settings and metrics (`EvaluationInputError` naming the folder)."""
+    settings_file = eval_dir / EVALUATION_FILE
+    if not settings_file.is_file() or not (eval_dir / METRICS_FILE).is_file():
+        raise EvaluationInputError(
+            f"{eval_dir} is not an evaluation folder: no {EVALUATION_FILE} and {METRICS_FILE} "
+            "(write one with `staria-eval samples`)"
+        )
+    return json.loads(settings_file.read_text()), json.loads((eval_dir / METRICS_FILE).read_text())
+
+
+def compare_evaluations(eval_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """`compare.html` and `compare.json` in `out_dir`: the structure metrics of two or more
+    evaluations side by side (each column: its generated folder, model, step and validation
+    loss, linked to its report), with the reference set's value, chance and meaning."""
+    if len(eval_dirs) < 2:
+        raise EvaluationInputError("compare needs two or more evaluation folders")
+    out_dir = Path(out_dir)
+    columns = []
+    for eval_dir in map(Path, eval_dirs):
+        settings, metrics = read_evaluation(eval_dir)
+        manifest = json.loads((Path(settings["samples"]) / MANIFEST_FILE).read_text())
+        columns.append(
+            {
+                "evaluation": display_path(eval_dir),
+                "report": os.path.relpath(eval_dir / REPORT_FILE, out_dir),
+                "reference": settings["reference"],
+                "provenance": manifest.get("provenance", {}),
+                "sampling": manifest.get("config", {}).get("sampling"),
+                "metrics": metrics,
+            }
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(columns, indent=1) + "\n")
+    return write_comparison(out_dir / "compare.html", columns, MEANINGS)
 
 
 def dataset_statistics(inputs: Sequence[str | Path], out_dir: str | Path) -> Path:
@@ -252,6 +359,9 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("--out", required=True, help="folder for statistics.json and the plots")
     report = commands.add_parser("report", help="rebuild report.html of an evaluation folder")
     report.add_argument("eval_dir", help="folder `staria-eval samples` wrote")
+    compare = commands.add_parser("compare", help="two or more evaluations side by side")
+    compare.add_argument("eval_dirs", nargs="+", help="folders `staria-eval samples` wrote")
+    compare.add_argument("--out", required=True, help="folder for compare.html and compare.json")
     return main_parser
 
 
@@ -270,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command == "stats":
         path = dataset_statistics(args.inputs, args.out)
+    elif args.command == "compare":
+        path = compare_evaluations(args.eval_dirs, args.out)
     else:
         path = rebuild_report(args.eval_dir)
     print(path)

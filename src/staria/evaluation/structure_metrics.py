@@ -161,33 +161,38 @@ def structure_metrics(
     """All structure metrics of `samples`; histogram distances only when `reference` is given."""
     if not samples:
         raise ValueError("structure_metrics needs at least one generated sample, got none")
-    pieces = [sectioned_notes(sample.token_ids, table) for sample in samples]
-    eos = np.array([sample.ended_with_eos for sample in samples])
-    valid = np.array([decodes_to_midi(sample) for sample in samples])
-    forms = [(piece.form, s.form) for piece, s in zip(pieces, samples, strict=True) if s.form]
+    return metrics_of(
+        [sectioned_notes(sample.token_ids, table) for sample in samples],
+        ended=[sample.ended_with_eos for sample in samples],
+        valid=[decodes_to_midi(sample) for sample in samples],
+        requested=[sample.form for sample in samples],
+        reference=reference,
+    )
+
+
+def metrics_of(
+    pieces: Sequence[SectionedNotes],
+    ended: Sequence[bool],
+    valid: Sequence[bool],
+    requested: Sequence[str | None],
+    reference: Sequence[NoteTable] = (),
+) -> StructureMetrics:
+    """The metrics of decoded pieces: whether each ended with `<E>`, reads back as MIDI, and
+    the form it was asked for (None: not asked)."""
+    eos, valid = np.asarray(ended, dtype=bool), np.asarray(valid, dtype=bool)
+    forms = [(p.form, r) for p, r in zip(pieces, requested, strict=True) if r]
     similarities = [section_similarities(piece) for piece in pieces]
     same = np.concatenate([pair[0] for pair in similarities])
     different = np.concatenate([pair[1] for pair in similarities])
     textures = [texture(p.notes) for p in pieces if len(p.notes) and p.notes.end_ms.max() > 0]
-    distances: dict[str, float | None] = dict.fromkeys(("pitch_class", "inter_onset", "duration"))
-    generated_notes = [piece.notes for piece in pieces if len(piece.notes)]
-    if reference and generated_notes:
-        for name, histogram in zip(
-            distances,
-            (pitch_class_histogram, inter_onset_histogram, duration_histogram),
-            strict=True,
-        ):
-            distances[name] = jensen_shannon_distance(
-                sum(histogram(notes) for notes in generated_notes),
-                sum(histogram(notes) for notes in reference),
-            )
+    distances = histogram_distances([p.notes for p in pieces if len(p.notes)], reference)
     same_mean, different_mean = _mean(same), _mean(different)
     return StructureMetrics(
-        num_samples=len(samples),
+        num_samples=len(pieces),
         eos_fraction=float(eos.mean()),
         valid_midi_fraction=float(valid.mean()),
         complete_fraction=float((eos & valid).mean()),
-        form_match_fraction=_mean([found == requested for found, requested in forms]),
+        form_match_fraction=_mean([found == asked for found, asked in forms]),
         section_similarity_same=same_mean,
         section_similarity_different=different_mean,
         section_similarity_gap=(
@@ -195,10 +200,132 @@ def structure_metrics(
             if same_mean is not None and different_mean is not None
             else None
         ),
-        pitch_class_js=distances["pitch_class"],
-        inter_onset_js=distances["inter_onset"],
-        duration_js=distances["duration"],
+        pitch_class_js=distances["pitch_class_js"],
+        inter_onset_js=distances["inter_onset_js"],
+        duration_js=distances["duration_js"],
         note_density=_mean([t.note_density for t in textures]),
         polyphony=_mean([t.polyphony for t in textures]),
         silence_ratio=_mean([t.silence_ratio for t in textures]),
     )
+
+
+HISTOGRAMS = {
+    "pitch_class_js": pitch_class_histogram,
+    "inter_onset_js": inter_onset_histogram,
+    "duration_js": duration_histogram,
+}
+
+
+def histogram_distances(
+    notes: Sequence[NoteTable], reference: Sequence[NoteTable]
+) -> dict[str, float | None]:
+    """Jensen-Shannon distance of the pooled histograms of `notes` to those of `reference`."""
+    if not notes or not reference:
+        return dict.fromkeys(HISTOGRAMS)
+    return {
+        name: jensen_shannon_distance(
+            sum(histogram(n) for n in notes), sum(histogram(n) for n in reference)
+        )
+        for name, histogram in HISTOGRAMS.items()
+    }
+
+
+def reference_metrics(pieces: Sequence[SectionedNotes], forms: Sequence[str | None]) -> dict:
+    """The metrics of the reference pieces themselves (what a perfect model scores): each
+    piece ends and reads back; its form is asked for; histogram distances are between the
+    reference's two halves (even and odd pieces), the floor that sampling alone leaves."""
+    halves = [p.notes for p in pieces[::2]], [p.notes for p in pieces[1::2]]
+    metrics = metrics_of(pieces, [True] * len(pieces), [True] * len(pieces), forms).as_dict()
+    metrics.update(histogram_distances(halves[0], halves[1] if len(pieces) > 1 else ()))
+    return metrics
+
+
+def chance_metrics(reference: Sequence[NoteTable], num_forms: int) -> dict[str, float | None]:
+    """What a model that knows nothing scores: a form drawn at random matches one time in
+    `num_forms`; letters drawn at random make same-letter and different-letter sections alike
+    (gap 0); notes drawn uniformly over each histogram's bins give these distances."""
+    uniform = {name: None for name in HISTOGRAMS}
+    if reference:
+        for name, histogram in HISTOGRAMS.items():
+            pooled = sum(histogram(notes) for notes in reference)
+            uniform[name] = jensen_shannon_distance(np.ones_like(pooled), pooled)
+    return {"form_match_fraction": 1 / num_forms, "section_similarity_gap": 0.0, **uniform}
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95% Wilson score interval of a proportion; None for no trials."""
+    if trials == 0:
+        return None
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(centre - half), float(centre + half)
+
+
+# What each metric says, for reports (docs/evaluation.md has the definitions).
+MEANINGS = {
+    "num_samples": "samples scored",
+    "eos_fraction": "samples that ended with <E> (the rest hit the length limit)",
+    "valid_midi_fraction": "samples whose MIDI file reads back with at least one note",
+    "complete_fraction": "samples that ended with <E> and read back",
+    "form_match_fraction": "samples whose section tokens spell the form asked for",
+    "section_similarity_same": "cosine of material profiles, a section vs. an earlier one of "
+    "the same letter (returns)",
+    "section_similarity_different": "the same, vs. earlier sections of other letters",
+    "section_similarity_gap": "same minus different: returning sections reuse their material",
+    "pitch_class_js": "JS distance of pitch-class histograms to the reference (0: equal)",
+    "inter_onset_js": "JS distance of inter-onset-interval histograms to the reference",
+    "duration_js": "JS distance of note-duration histograms to the reference",
+    "note_density": "notes per second",
+    "polyphony": "mean notes sounding while anything sounds",
+    "silence_ratio": "fraction of the piece where nothing sounds",
+}
+
+
+def metric_intervals(
+    samples: Sequence[GeneratedSample], table: TokenTable, resamples: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float] | None]:
+    """95% intervals of the per-sample metrics: Wilson intervals of the fractions, percentile
+    bootstrap over samples (`resamples` draws, seeded) of the section-similarity gap and the
+    texture means. None where a metric has no value."""
+    pieces = [sectioned_notes(sample.token_ids, table) for sample in samples]
+    eos = np.array([sample.ended_with_eos for sample in samples])
+    valid = np.array([decodes_to_midi(sample) for sample in samples])
+    matches = [p.form == s.form for p, s in zip(pieces, samples, strict=True) if s.form]
+    intervals: dict[str, tuple[float, float] | None] = {
+        "eos_fraction": wilson_interval(int(eos.sum()), len(eos)),
+        "valid_midi_fraction": wilson_interval(int(valid.sum()), len(valid)),
+        "complete_fraction": wilson_interval(int((eos & valid).sum()), len(eos)),
+        "form_match_fraction": wilson_interval(sum(matches), len(matches)),
+    }
+    similarities = [section_similarities(piece) for piece in pieces]
+    textures = [
+        asdict(texture(p.notes)) if len(p.notes) and p.notes.end_ms.max() > 0 else None
+        for p in pieces
+    ]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(pieces), size=(resamples, len(pieces)))
+
+    def bootstrap(statistic) -> tuple[float, float] | None:
+        values = [v for v in (statistic(draw) for draw in draws) if v is not None]
+        if statistic(np.arange(len(pieces))) is None or not values:
+            return None
+        low, high = np.percentile(values, [2.5, 97.5])
+        return float(low), float(high)
+
+    def gap(draw: np.ndarray) -> float | None:
+        same = np.concatenate([similarities[i][0] for i in draw])
+        different = np.concatenate([similarities[i][1] for i in draw])
+        return float(same.mean() - different.mean()) if len(same) and len(different) else None
+
+    def texture_mean(name: str):
+        def mean(draw: np.ndarray) -> float | None:
+            values = [textures[i][name] for i in draw if textures[i] is not None]
+            return float(np.mean(values)) if values else None
+
+        return mean
+
+    intervals["section_similarity_gap"] = bootstrap(gap)
+    for name in ("note_density", "polyphony", "silence_ratio"):
+        intervals[name] = bootstrap(texture_mean(name))
+    return intervals

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from staria.training import safe_loading, tasks
+from staria.training.checkpointing import CheckpointHistory, recorded_run
 from staria.training.tasks.base import TrainingTask
 
 RUN_CONFIG = "config.yaml"
@@ -52,6 +53,15 @@ class LoadedCheckpoint:
     @property
     def net(self) -> torch.nn.Module:
         return self.task.net
+
+    @property
+    def structure(self) -> str:
+        """How its training pieces were laid out, `labelled` (form and section tokens) or
+        `plain`: as the checkpoint records it, else by its data (synthetic: labelled)."""
+        recorded = self.task.trained_structure
+        if recorded is not None:
+            return recorded
+        return "labelled" if self.data_settings.get("mode") == "synthetic" else "plain"
 
 
 def run_dir_of(checkpoint: str | Path) -> Path:
@@ -169,3 +179,26 @@ def load_checkpoint(
         ) from error
     task.eval()
     return LoadedCheckpoint(checkpoint, config_path.parent, task, config, config.data)
+
+
+def training_provenance(loaded: LoadedCheckpoint) -> dict:
+    """Where a checkpoint stands in its run: the model class, its optimizer step, and the
+    validation loss of the latest validation at or before that step (with the step it was
+    measured at), from the run's checkpoint record and history; None where unknown."""
+    record = recorded_run(loaded.path) or {}
+    step = record.get("step")
+    measured = [
+        event
+        for event in CheckpointHistory(loaded.path.parent).events()
+        if isinstance(event.get("value"), int | float)
+        and isinstance(event.get("step"), int)
+        and (step is None or event["step"] <= step)
+    ]
+    latest = max(measured, key=lambda event: event["step"], default=None)
+    return {
+        "run_dir": str(loaded.run_dir),
+        "model": type(loaded.net).__name__,
+        "step": step,
+        "val_loss": latest["value"] if latest else None,
+        "val_loss_step": latest["step"] if latest else None,
+    }

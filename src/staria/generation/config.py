@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -21,14 +22,21 @@ class SamplingConfig:
 
 @dataclass
 class PromptConfig:
-    """Where snippets come from (`data`, `midi` or `scratch`) and the form asked for."""
+    """Where snippets come from (`data`, `midi` or `scratch`), how a MIDI file's sections are
+    found, the form asked for and the decoder start (`generation/prompts.py`)."""
 
     source: str = "data"
     midi: list[str] = field(default_factory=list)
+    # [[start_s, end_s], ...]; numbers checked by prompts.labels_from_windows (OmegaConf cannot
+    # type a nested list of floats that accepts ints)
+    windows: list[Any] | None = None
+    labeller: str | None = None
     split_dir: str | None = None
     split: str = "val"
     pieces: list[int] | None = None
     form: str | None = None
+    structure: str = "auto"
+    continue_s: float = 0.0
     style_key: str | None = None
 
 

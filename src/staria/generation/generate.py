@@ -9,6 +9,7 @@ scratch either starts at `[piano prefix, <S>]` with no snippets.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -16,11 +17,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from staria.data.datasets import SequenceSettings
 from staria.data.preprocess import CachedSplit, TokenLayout, find_index
-from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
+from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint, training_provenance
 from staria.generation.config import register_configs
 from staria.generation.manifest import check_output_folder, write_samples
 from staria.generation.prompts import (
+    Labeller,
     Prompt,
     PromptError,
     conditioned_prompt,
@@ -55,6 +58,33 @@ def data_split(loaded: LoadedCheckpoint, split: str) -> CachedSplit:
     return CachedSplit(found.split_dirs[split])
 
 
+def section_labeller(checkpoint: str) -> Labeller:
+    """`prompt.labeller`: the wake-sleep section classifier as a file -> labels function."""
+    from staria.research.section_labelling import SectionLabeller, classifier_section_predictor
+
+    predict, window_tokens = classifier_section_predictor(checkpoint)
+    return SectionLabeller(predict, window_tokens=window_tokens).label
+
+
+def conditioning_pieces(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout):
+    """The pieces snippets are cut from, for `prompt.source` `midi` or `data`."""
+    if cfg.prompt.source == "midi":
+        if not cfg.prompt.midi:
+            raise PromptError("prompt.source=midi needs prompt.midi=[file.mid, ...]")
+        labeller = section_labeller(cfg.prompt.labeller) if cfg.prompt.labeller else None
+        windows = OmegaConf.to_container(cfg.prompt.windows) if cfg.prompt.windows else None
+        return [piece_from_midi(path, layout, windows, labeller) for path in cfg.prompt.midi]
+    split = (
+        CachedSplit(cfg.prompt.split_dir)
+        if cfg.prompt.split_dir
+        else data_split(loaded, cfg.prompt.split)
+    )
+    if len(split) == 0:
+        raise PromptError(f"{split.folder}: the split holds no pieces to take snippets from")
+    indices = cfg.prompt.pieces or range(min(cfg.num_samples, len(split)))
+    return [piece_from_split(split, int(i), layout.tokenizer) for i in indices]
+
+
 def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout) -> list[Prompt]:
     """One prompt per sample; conditioning pieces are used in turn."""
     source = cfg.prompt.source
@@ -62,30 +92,20 @@ def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout
         raise PromptError(f"prompt.source={source!r} is not one of {PROMPT_SOURCES}")
     if source == "scratch":
         return [scratch_prompt(layout.tokenizer)] * cfg.num_samples
-    if source == "midi":
-        if not cfg.prompt.midi:
-            raise PromptError("prompt.source=midi needs prompt.midi=[file.mid, ...]")
-        pieces = [piece_from_midi(path, layout) for path in cfg.prompt.midi]
-    else:
-        split = (
-            CachedSplit(cfg.prompt.split_dir)
-            if cfg.prompt.split_dir
-            else data_split(loaded, cfg.prompt.split)
-        )
-        indices = cfg.prompt.pieces or range(min(cfg.num_samples, len(split)))
-        pieces = [piece_from_split(split, int(i), layout.tokenizer) for i in indices]
-    if not pieces:
-        raise PromptError(f"prompt.source={source}: no conditioning pieces found")
+    structure = loaded.structure if cfg.prompt.structure == "auto" else cfg.prompt.structure
+    pieces = conditioning_pieces(cfg, loaded, layout)
     data = loaded.data_settings
+    sequence = SequenceSettings(data.snippet_len, data.max_snippets, data.max_seq_len)
     prompts = [
         conditioned_prompt(
             piece,
             layout,
             form=cfg.prompt.form,
+            structure=structure,
             style_key=cfg.prompt.style_key or data.style_key,
-            snippet_len=data.snippet_len,
-            max_snippets=data.max_snippets,
+            sequence=sequence,
             decoder_only=isinstance(loaded.net, DecoderOnlyBaseline),
+            continue_s=cfg.prompt.continue_s,
         )
         for piece in pieces
     ]
@@ -128,6 +148,11 @@ def generate(cfg: DictConfig) -> Path:
         config=OmegaConf.to_container(cfg, resolve=True),
         seed=cfg.seed,
         timing=timing,
+        # a uniform guess over the vocabulary: the loss of a model that learned nothing
+        provenance={
+            **training_provenance(loaded),
+            "uniform_loss": math.log(tokenizer.vocab_size()),
+        },
     )
     ended = sum(piece.ended_with_eos for piece in pieces)
     print(

@@ -1,7 +1,8 @@
 """Write generated samples as MIDI files plus `manifest.json` (fields: docs/evaluation.md).
 
 `staria.evaluation.samples.read_manifest` is the reader; every per-sample field it needs is
-written here, plus what a person wants to know: checkpoint, config, seed, prompt and timing.
+written here, plus what a person wants to know: checkpoint, provenance (step, validation
+loss, code version), config, seed, prompt and timing.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from staria.generation.sampling import SampledPiece, SamplingTiming
+from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
 
 MANIFEST_FILE = "manifest.json"
@@ -44,6 +47,8 @@ def sample_record(file: str, piece: SampledPiece) -> dict[str, Any]:
         "ended_with_eos": piece.ended_with_eos,
         "prompt": {
             "source": prompt.source,
+            "sections_from": prompt.sections_from,
+            "continue_s": prompt.continue_s,
             "decoder_start_ids": prompt.decoder_start.tolist(),
             "model_prompt_ids": prompt.model_prompt.tolist(),
         },
@@ -59,8 +64,10 @@ def write_samples(
     config: Mapping[str, Any],
     seed: int,
     timing: SamplingTiming,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """`sample_000.mid`, ... and the manifest listing them; returns the manifest's path.
+    `provenance` (the checkpoint's step and validation loss) is recorded with the code version.
 
     Written into a hidden folder beside `out_dir`, then swapped in: an earlier generation there
     (files, report and all) is replaced whole, never mixed with the new samples.
@@ -78,6 +85,7 @@ def write_samples(
         records.append(sample_record(file, piece))
     manifest = {
         "checkpoint": str(checkpoint),
+        "provenance": {**(provenance or {}), "commit": code_version()},
         "config": dict(config),
         "seed": seed,
         "timing": {
@@ -91,6 +99,31 @@ def write_samples(
     (building / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     replace_folder(building, out_dir)
     return out_dir / MANIFEST_FILE
+
+
+def code_version() -> str | None:
+    """`git describe`-style commit of the code that ran (`<sha>`, `-dirty` with uncommitted
+    changes); None outside a git checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if status.strip() else sha
 
 
 def replace_folder(new: Path, target: Path) -> None:

@@ -21,6 +21,9 @@ from staria.training import safe_loading
 from staria.training.safe_loading import plain
 from staria.training.stages import StageSchedule
 
+# Checkpoint key: facts about the training data that using the model depends on.
+TRAINED_ON = "staria_trained_on"
+
 
 @dataclass
 class StepLoss:
@@ -150,6 +153,8 @@ class TrainingTask(pl.LightningModule):
         self._stage_phase: int | None = None
         self._step_started: float | None = None
         self._compiled = False
+        # `labelled` or `plain` (MidiDataModule.structure), from a loaded checkpoint.
+        self.trained_structure: str | None = None
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
         raise NotImplementedError
@@ -261,8 +266,17 @@ class TrainingTask(pl.LightningModule):
         self._evaluate("test", batch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Every checkpoint is plain data, so it loads with `weights_only=True` (safe_loading)."""
+        """Every checkpoint is plain data, so it loads with `weights_only=True` (safe_loading).
+        It records how the training pieces were laid out (`TRAINED_ON`: generation starts
+        samples the same way)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        structure = getattr(datamodule, "structure", lambda: None)()
+        if structure is not None:
+            checkpoint[TRAINED_ON] = {"structure": structure}
         checkpoint.update(plain(dict(checkpoint)))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_structure = checkpoint.get(TRAINED_ON, {}).get("structure")
 
     def init_from(self, path: str | Path, allow_pickle_runs_code: bool = False) -> None:
         """Initialise `net` from a Lightning checkpoint or a state-dict file; not a resume.
