@@ -133,3 +133,14 @@ def test_hidden_tokens_are_those_the_classification_data_drops():
     source = PieceSource(split=None, layout=TokenLayout(tokenizer))
     hidden = table.ids_of(TokenKind.FORM, TokenKind.SECTION)
     assert sorted(hidden.tolist()) == sorted(source.structure_ids.tolist())
+
+
+def test_wandb_evaluation_attaches_to_the_training_run(evaluated, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = evaluated["root"] / "runs" / "staria" / "stage-none"
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    args = ["samples", str(evaluated["gen_dir"]), "--out", str(tmp_path / "e")]
+    assert main([*args, "--audio-seconds", "1", "--wandb", "offline"]) == 0
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    assert folder.name.endswith(f"-{run_id}"), "the eval logs into the training run's W&B run"
+    assert (folder / f"run-{run_id}.wandb").is_file()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 import wandb
 from training.runs import preempt_at_step, run_staria_train, smoke
 from wandb.proto import wandb_internal_pb2
@@ -153,3 +154,36 @@ def test_each_job_of_a_local_multirun_owns_its_wandb_run(tmp_path):
         assert logged(records, "config")[0]["seed"] == seed
         run_ids.append(run_id)
     assert run_ids[0] != run_ids[1]
+
+
+WANDB_SAMPLES = (
+    "callbacks.wandb_samples={_target_: staria.evaluation.wandb_samples.WandbSamples, "
+    "num_samples: 2, max_length: 48, audio_seconds: 1.0}"
+)
+
+
+def test_each_validation_logs_listenable_samples_without_changing_training(tmp_path):
+    plain = run_training(smoke(tmp_path / "plain", logger="wandb"))
+    with_samples = run_training(smoke(tmp_path / "run", WANDB_SAMPLES, logger="wandb"))
+    # Sampling draws from a forked RNG: training is bit-for-bit the same.
+    for a, b in zip(
+        plain.lightning_module.net.parameters(),
+        with_samples.lightning_module.net.parameters(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    run_id = (tmp_path / "run" / WANDB_ID_FILE).read_text().strip()
+    (folder,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    history = logged(finished_log(folder, run_id), "history")
+    samples = [h for h in history if any(k.startswith("val_samples/") for k in h)]
+    assert len(samples) == 2  # smoke validates at steps 2 and 4
+    for logged_samples in samples:
+        rolls = {  # nested keys: <key>/_type, <key>/path, ...
+            k.removesuffix("/_type")
+            for k, v in logged_samples.items()
+            if k.startswith("val_samples/piano_roll/") and k.endswith("/_type")
+        }
+        assert rolls == {"val_samples/piano_roll/sample_000", "val_samples/piano_roll/sample_001"}
+        assert logged_samples["val_samples/samples/_type"] == "table-file"
+    media = folder / "files" / "media"
+    assert len(list(media.rglob("*.png"))) >= 4  # audio only for samples with notes

@@ -51,6 +51,7 @@ from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
 from staria.generation.manifest import MANIFEST_FILE
 from staria.models import SequenceClassifier
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+from staria.training.resume import RESOLVED_CONFIG, load_stored_config, stored_wandb_run_id
 
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
@@ -227,11 +228,22 @@ def render_report(
     if settings.get("wandb", "off") != "off":
         import wandb
 
-        with wandb.init(
-            project="staria", dir=str(eval_dir), mode=settings["wandb"], job_type="eval"
-        ):
+        run_dir = manifest.get("provenance", {}).get("run_dir")
+        with wandb.init(mode=settings["wandb"], **wandb_run_of(run_dir, eval_dir)):
             log_to_wandb(metrics, media, figures)
     return report
+
+
+def wandb_run_of(run_dir: str | None, eval_dir: Path) -> dict[str, Any]:
+    """`wandb.init` arguments that attach an evaluation to the W&B run of the training run
+    that made the samples (its stored id and project, in its folder); a new `eval` run in
+    the evaluation folder when that run folder has no id."""
+    run_id = stored_wandb_run_id(Path(run_dir)) if run_dir else None
+    if run_id is None:
+        return {"project": "staria", "dir": str(eval_dir), "job_type": "eval"}
+    stored = load_stored_config(Path(run_dir) / RESOLVED_CONFIG) or {}
+    project = ((stored.get("logger") or {}).get("wandb") or {}).get("project") or "staria"
+    return {"project": project, "id": run_id, "resume": "allow", "dir": run_dir}
 
 
 def evaluate_samples(

@@ -156,7 +156,8 @@ def checkpoint_load_error(path: Path, allow_pickle_runs_code: bool = False) -> s
     return None
 
 
-def _stored_wandb_run_id(run_dir: Path) -> str | None:
+def stored_wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B id a run folder stores; None when absent or damaged."""
     id_file = Path(run_dir) / WANDB_ID_FILE
     if not id_file.is_file():
         return None
@@ -167,12 +168,12 @@ def _stored_wandb_run_id(run_dir: Path) -> str | None:
 def wandb_run_id(run_dir: Path) -> str:
     """The run's stored W&B id, or a new one (`store_wandb_run_id` keeps it): a resumed run
     logs to the same W&B run. Reads only."""
-    return _stored_wandb_run_id(run_dir) or uuid.uuid4().hex[:12]
+    return stored_wandb_run_id(run_dir) or uuid.uuid4().hex[:12]
 
 
 def store_wandb_run_id(run_dir: Path, run_id: str) -> None:
     """Keep `run_id` unless the run folder already holds a valid one."""
-    if _stored_wandb_run_id(run_dir) is None:
+    if stored_wandb_run_id(run_dir) is None:
         write_text_atomic(Path(run_dir) / WANDB_ID_FILE, run_id)
 
 
