@@ -104,26 +104,18 @@ def write_samples(
 def code_version() -> str | None:
     """`git describe`-style commit of the code that ran (`<sha>`, `-dirty` with uncommitted
     changes); None outside a git checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+
+    def git(*args: str) -> str:
+        command = ["git", *args]
+        return subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
+
+    try:
+        sha, changes = git("rev-parse", "--short=12", "HEAD"), git("status", "--porcelain", "-uno")
     except (OSError, subprocess.SubprocessError):
         return None
-    return f"{sha}-dirty" if status.strip() else sha
+    return f"{sha}-dirty" if changes else sha
 
 
 def replace_folder(new: Path, target: Path) -> None:
