@@ -19,12 +19,40 @@ linear in the file's size.
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from numba.core import event
+
+log = logging.getLogger(__name__)
+
+
+class FirstCompileNotice(event.Listener):
+    """Say once per process that numba is compiling the MIDI reader: the first use after
+    installing takes several CPU-seconds; numba caches the machine code beside the source
+    (or, for a read-only install, in its user cache: `NUMBA_CACHE_DIR`), so later processes
+    load it instead and this never shows."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def on_start(self, event_: event.Event) -> None:
+        if not self.shown:
+            self.shown = True
+            log.warning(
+                "compiling the MIDI reader with numba (first use after installing: about 10 "
+                "CPU-seconds, once; cached for later processes)"
+            )
+
+    def on_end(self, event_: event.Event) -> None:
+        pass
+
+
+event.register("numba:compile", FirstCompileNotice())
 
 NOTE_ON, NOTE_OFF, PEDAL, PROGRAM = 0, 1, 2, 3  # `MidiEvents.kind`
 SUSTAIN_PEDAL_CC = 64

@@ -17,7 +17,7 @@ import sys
 import torch
 
 import staria.training.checkpointing as checkpointing
-from staria.training.train import main
+from staria.training.cli import main
 
 
 def kill() -> None:

@@ -27,7 +27,7 @@ def run_staria_train(
     """`staria-train ARGS` as a real process in `cwd` (one torch thread; the test helpers such
     as `training.runs.SignalAtStep` importable); `env` adds variables."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR), **env}
-    command = [sys.executable, "-m", "staria.training.train", *args]
+    command = [sys.executable, "-m", "staria.training.cli", *args]
     return subprocess.run(
         command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout_s
     )

@@ -129,7 +129,7 @@ def signal_the_group_once_it_checkpointed(run_dir: Path, environment, *overrides
         [
             sys.executable,
             "-m",
-            "staria.training.train",
+            "staria.training.cli",
             *OVERRIDES,
             f"hydra.run.dir={run_dir}",
             "trainer.max_steps=400",

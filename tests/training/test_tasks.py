@@ -2,12 +2,14 @@
 
 import hydra
 import lightning.pytorch as pl
+import pytest
 import torch
 from omegaconf import OmegaConf
 from training.runs import synthetic_datamodule
 
 from staria.paths import REPO_ROOT
-from staria.training.tasks import ClassifierTask
+from staria.training.tasks import BaselineTask, ClassifierTask, StariaTask
+from staria.training.tasks.base import chunked_sequence_loss, sequence_loss
 
 
 def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
@@ -41,3 +43,68 @@ def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
     assert {"val/loss", "val/form_accuracy", "val/style_accuracy"} <= set(metrics)
     assert 0.0 <= metrics["val/section_accuracy"] <= 1.0
     assert metrics["val/loss"] > 0.0
+
+
+def _generative_task(kind: str, chunk: int | None, tmp_path):
+    datamodule = synthetic_datamodule(
+        tmp_path,
+        model_kind=kind,
+        synthesis={"pieces_per_form": 4, "min_tokens": 128, "max_tokens": 256},
+        max_seq_len=96,
+        snippet_len=16,
+        batch_size=3,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / f"conf/model/net/{kind}_tiny.yaml"))
+    task_class = StariaTask if kind == "staria" else BaselineTask
+    settings = {
+        "optimizer": {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+        "scheduler": {"warmup_steps": 1, "total_steps": 1, "min_lr_ratio": 0.1},
+    }
+    return task_class(net, **settings, loss_chunk_tokens=chunk), batch
+
+
+@pytest.mark.parametrize("kind", ["staria", "baseline"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 100_000])
+def test_chunked_loss_gives_the_full_logits_loss_and_gradients(kind, chunk, tmp_path):
+    torch.set_num_threads(1)
+    plain, batch = _generative_task(kind, None, tmp_path)
+    chunked, _ = _generative_task(kind, chunk, tmp_path)
+    chunked.net.load_state_dict(plain.net.state_dict())
+    results = []
+    for task in (plain, chunked):
+        step = task.step_loss(batch)
+        step.loss.backward()
+        grads = {n: p.grad.clone() for n, p in task.net.named_parameters() if p.grad is not None}
+        results.append((step, grads))
+    (plain_step, plain_grads), (chunked_step, chunked_grads) = results
+    assert torch.allclose(plain_step.loss, chunked_step.loss, rtol=1e-5, atol=1e-6)
+    assert plain_step.count == chunked_step.count
+    assert plain_grads.keys() == chunked_grads.keys()
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, chunked_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_chunked_loss_holds_one_chunk_of_logits_at_a_time():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 50, 8, requires_grad=True)
+    head = torch.randn(1000, 8, requires_grad=True)
+    tokens = torch.randint(0, 1000, (2, 50))
+    mask = torch.ones(2, 50, dtype=torch.bool)
+    widest = []
+
+    def pack(tensor):  # every tensor autograd keeps for the backward pass
+        if tensor.dim() == 2 and tensor.shape[-1] == 1000:
+            widest.append(tensor.shape[0])
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        chunked_sequence_loss(hidden, head, tokens, mask, chunk_tokens=16).loss.backward()
+    assert widest == [], "no [rows, vocab] logits are kept for the backward pass"
+    assert hidden.grad is not None and head.grad is not None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):  # the control
+        sequence_loss(hidden @ head.t(), tokens, mask).loss.backward()
+    assert 100 in widest, "the full-logits loss keeps all 2 x 50 rows of logits"

@@ -42,9 +42,17 @@ class DecoderOnlyBaseline(nn.Module):
             activation_checkpointing=activation_checkpointing,
         )
 
-    def forward(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
-        """Logits [B,T,V] for tokens [B,T] (mask True on real tokens)."""
-        return self.net(tokens, mask=token_mask)
+    def forward(
+        self, tokens: Tensor, token_mask: Tensor, return_embeddings: bool = False
+    ) -> Tensor:
+        """Logits [B,T,V] for tokens [B,T] (mask True on real tokens); with
+        `return_embeddings`, the final hidden states [B,T,D] that `head` projects to logits."""
+        return self.net(tokens, mask=token_mask, return_embeddings=return_embeddings)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
+        return self.net.to_logits
 
     def blocks(self) -> list[list[nn.Module]]:
         return decoder_blocks(self.net)

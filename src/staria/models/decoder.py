@@ -175,10 +175,27 @@ class CrossAttendingDecoder(nn.Module):
         )
 
     def forward(
-        self, tokens: Tensor, token_mask: Tensor, context: Tensor, context_mask: Tensor
+        self,
+        tokens: Tensor,
+        token_mask: Tensor,
+        context: Tensor,
+        context_mask: Tensor,
+        return_embeddings: bool = False,
     ) -> Tensor:
-        """Logits [B,T,V] for tokens [B,T] attending to context [B,C,Dc] (masks True on real)."""
-        return self.net(tokens, mask=token_mask, context=context, context_mask=context_mask)
+        """Logits [B,T,V] for tokens [B,T] attending to context [B,C,Dc] (masks True on real);
+        with `return_embeddings`, the final hidden states [B,T,D] that `head` projects."""
+        return self.net(
+            tokens,
+            mask=token_mask,
+            context=context,
+            context_mask=context_mask,
+            return_embeddings=return_embeddings,
+        )
+
+    @property
+    def head(self) -> nn.Linear:
+        """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
+        return self.net.to_logits
 
     def blocks(self) -> list[list[nn.Module]]:
         return decoder_blocks(self.net)

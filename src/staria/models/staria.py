@@ -30,11 +30,22 @@ class StariaModel(nn.Module):
         return context, snippet_mask.reshape(batch, num_snippets * snippet_len)
 
     def forward(
-        self, snippets: Tensor, snippet_mask: Tensor, tokens: Tensor, token_mask: Tensor
+        self,
+        snippets: Tensor,
+        snippet_mask: Tensor,
+        tokens: Tensor,
+        token_mask: Tensor,
+        return_embeddings: bool = False,
     ) -> Tensor:
-        """Logits [B,T,V] for the piece's tokens [B,T] given its snippets [B,S,L]."""
+        """Logits [B,T,V] for the piece's tokens [B,T] given its snippets [B,S,L]; with
+        `return_embeddings`, the decoder's final hidden states [B,T,D] (`head` projects)."""
         context, context_mask = self.encode_snippets(snippets, snippet_mask)
-        return self.decoder(tokens, token_mask, context, context_mask)
+        return self.decoder(tokens, token_mask, context, context_mask, return_embeddings)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The decoder's output projection, hidden [.., D] -> logits [.., V]."""
+        return self.decoder.head
 
     @torch.no_grad()
     def generate(

@@ -307,3 +307,6 @@ def _describe(hint: Any) -> str:
     if hint is type(None):
         return "None"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+register_configs()  # importing the schemas makes them (and the resolvers) available

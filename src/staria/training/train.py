@@ -1,4 +1,5 @@
-"""`staria-train`: compose the config, then seed, build, fit and optionally test. Nothing else.
+"""What `staria-train` runs once Hydra composed the config (`training/cli.py`): seed, build,
+fit and optionally test.
 
 Running the same command twice is safe: the run folder (`paths.run_dir`) decides whether this
 resumes, starts fresh, or does nothing because the run finished (`resume.resume_point`).
@@ -8,7 +9,6 @@ import contextlib
 import logging
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +16,11 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from staria.console import quiet_known_noise
-from staria.paths import REPO_ROOT
 from staria.training import safe_loading
 from staria.training.checkpointing import HISTORY_FILE, write_text_atomic
 from staria.training.config import (
@@ -31,7 +28,6 @@ from staria.training.config import (
     check_consistent,
     check_no_missing,
     check_target_arguments,
-    register_configs,
 )
 from staria.training.preemption import Preempted, PreemptionCheckpoint
 from staria.training.resume import (
@@ -46,7 +42,6 @@ from staria.training.resume import (
     wandb_run_id,
 )
 from staria.training.run_identity import config_changes, link_newest
-from staria.training.runs_table import find_runs, format_table, read_run
 from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)
@@ -54,10 +49,6 @@ log = logging.getLogger(__name__)
 # rerun the same command to continue).
 EXIT_INTERRUPTED = 75
 TRAIN_LOG = "train.log"
-# Absolute, so the installed console script finds it from any working directory.
-CONFIG_DIR = str(REPO_ROOT / "conf")
-
-register_configs()
 
 
 def config_summary(cfg: DictConfig, run_dir: Path) -> str:
@@ -368,39 +359,17 @@ def _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs) 
     return trainer
 
 
-class HydraConfigForLaunchers(Callback):
-    """Make `${hydra:...}` resolvable while a multirun launches its jobs (hydra#1786).
-
-    Hydra sets its runtime config per job, but a launcher resolves `hydra.sweep.dir` and its
-    own keys before any job starts; the run-folder layout (`runs/<name>/stage-<stage>`) goes
-    through `${hydra:...}` in `name` and `paths`, which the task needs too. A job sets its own.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        HydraConfig.instance().set_config(config)
-
-
-class RunsTableAfterSweep(Callback):
-    """At the end of a multirun, the `staria-runs` table of every run of its name (the sweep
-    folder `runs/<name>`): status, step, best validation loss and the settings that differ."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        runs = find_runs([sweep_dir]) if sweep_dir.is_dir() else []
-        if runs:
-            print(format_table([read_run(run) for run in runs], sweep_dir.resolve()))
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
-    quiet_known_noise()
+def run(cfg: DictConfig) -> int:
+    """`train`, then the process's exit status: 0, or `EXIT_INTERRUPTED` after a preemption
+    or an interruption that saved. A refused command leaves no empty run folder."""
     try:
         trainer = train(cfg)
     except BaseException:
         remove_empty_run_dir(cfg)
         raise
     if trainer is not None and trainer.state.status == TrainerStatus.INTERRUPTED:
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    return 0
 
 
 @rank_zero_only
@@ -412,7 +381,3 @@ def remove_empty_run_dir(cfg: DictConfig) -> None:
         while (folder == runs_dir or runs_dir in folder.parents) and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
-
-
-if __name__ == "__main__":
-    main()

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from staria.training import safe_loading
 from staria.training.safe_loading import plain
@@ -54,6 +55,42 @@ def sequence_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.T
     targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
     return StepLoss(loss, loss_mask[:, 1:].sum())
+
+
+def chunked_sequence_loss(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    tokens: torch.Tensor,
+    loss_mask: torch.Tensor,
+    chunk_tokens: int,
+) -> StepLoss:
+    """`sequence_loss` from the final hidden states [B,T,D] and the output head's weight
+    [V,D], never holding more than `chunk_tokens` x V logits: only positions whose target
+    counts are projected, `chunk_tokens` rows at a time, each chunk's logits recomputed in
+    the backward pass (activation checkpointing) instead of kept. Same loss and gradients as
+    `sequence_loss` up to float summation order."""
+    targets = torch.full_like(tokens, -100)
+    targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
+    keep = targets.flatten() != -100
+    rows, labels = hidden.flatten(0, 1)[keep], targets.flatten()[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(rows), chunk_tokens):
+        end = start + chunk_tokens
+        total = total + checkpoint(
+            _summed_cross_entropy,
+            rows[start:end],
+            head_weight,
+            labels[start:end],
+            use_reentrant=False,
+        )
+    count = loss_mask[:, 1:].sum()
+    return StepLoss(total / keep.sum(), count)
+
+
+def _summed_cross_entropy(
+    rows: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy((rows @ head_weight.t()).float(), labels, reduction="sum")
 
 
 def parameter_counts(net: nn.Module) -> dict[str, int]:
@@ -144,6 +181,7 @@ class TrainingTask(pl.LightningModule):
         scheduler: SchedulerSettings,
         stage: dict | None = None,
         compile: bool = False,
+        loss_chunk_tokens: int | None = None,
     ):
         super().__init__()
         check_settings(optimizer, scheduler)
@@ -158,6 +196,18 @@ class TrainingTask(pl.LightningModule):
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
         raise NotImplementedError
+
+    def next_token_loss(self, batch: dict[str, torch.Tensor], *net_inputs: torch.Tensor):
+        """Next-token cross entropy of `net(*net_inputs)` on `batch`'s tokens: from the full
+        logits, or with `loss_chunk_tokens` from the hidden states and the net's `head`
+        (`chunked_sequence_loss`: one chunk of logits at a time)."""
+        chunk = self.hparams.get("loss_chunk_tokens")
+        if not chunk:
+            return sequence_loss(self.net(*net_inputs), batch["tokens"], batch["loss_mask"])
+        hidden = self.net(*net_inputs, return_embeddings=True)
+        return chunked_sequence_loss(
+            hidden, self.net.head.weight, batch["tokens"], batch["loss_mask"], chunk
+        )
 
     def configure_model(self) -> None:
         """`compile=true` compiles the network in place (parameter names unchanged), once."""

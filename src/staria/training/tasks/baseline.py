@@ -2,7 +2,7 @@
 
 import torch
 
-from staria.training.tasks.base import StepLoss, TrainingTask, sequence_loss
+from staria.training.tasks.base import StepLoss, TrainingTask
 
 
 class BaselineTask(TrainingTask):
@@ -11,5 +11,4 @@ class BaselineTask(TrainingTask):
     data_layout = "baseline"
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
-        logits = self.net(batch["tokens"], batch["token_mask"])
-        return sequence_loss(logits, batch["tokens"], batch["loss_mask"])
+        return self.next_token_loss(batch, batch["tokens"], batch["token_mask"])

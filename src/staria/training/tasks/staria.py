@@ -2,14 +2,12 @@
 
 import torch
 
-from staria.training.tasks.base import StepLoss, TrainingTask, sequence_loss
+from staria.training.tasks.base import StepLoss, TrainingTask
 
 
 class StariaTask(TrainingTask):
     """Generative batches with `snippets`; only tokens in `loss_mask` count."""
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
-        logits = self.net(
-            batch["snippets"], batch["snippet_mask"], batch["tokens"], batch["token_mask"]
-        )
-        return sequence_loss(logits, batch["tokens"], batch["loss_mask"])
+        inputs = (batch["snippets"], batch["snippet_mask"], batch["tokens"], batch["token_mask"])
+        return self.next_token_loss(batch, *inputs)
