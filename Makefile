@@ -21,7 +21,7 @@ GEN_ARGS   ?=
 CLASSIFIER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo bench fuzz sweep slurm-up slurm-down clean generate eval stats report experiment
+.PHONY: help install test lint format demo bench gpu-check fuzz sweep slurm-up slurm-down clean generate eval stats report experiment
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ demo: install ## the whole loop on synthetic data: tiny Staria A/B/C + baseline 
 	@echo "== [7/7] generate and evaluate the baseline"
 	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_baseline/stage-none/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
 	@echo "== done: open the two reports, $(DEMO_STARIA)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RUNS)/demo_baseline/stage-none/generated/$(GEN_NAME)/evaluation/report.html"
+
+gpu-check: install ## full-size training step (bf16, flash/compile on and off, MFU), generation tokens/s on one GPU (< 8 min)
+	timeout 480 $(PY) benchmarks/gpu_check.py
 
 FUZZ_CASES ?= 100000
 FUZZ_SEED  ?= 1
