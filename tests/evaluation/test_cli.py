@@ -3,6 +3,7 @@ classifier: metrics JSON, confusion PNGs, the report, its rebuild, and dataset s
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from staria.data.datasets import PieceSource
 from staria.data.preprocess import CachedSplit, TokenLayout
-from staria.evaluation.cli import EvaluationInputError, main
+from staria.evaluation.cli import main
 from staria.evaluation.notes import TokenKind, TokenTable
 from staria.generation.generate import generate
 from staria.paths import REPO_ROOT
@@ -84,7 +85,7 @@ def test_the_report_gives_provenance_reference_chance_and_links(evaluated):
     assert (eval_dir / checkpoint).resolve() == Path(manifest["checkpoint"])
 
 
-def test_compare_puts_two_evaluations_side_by_side(evaluated, tmp_path):
+def test_compare_puts_two_evaluations_side_by_side(evaluated, tmp_path, capsys):
     other = tmp_path / "other"
     args = ["samples", str(evaluated["gen_dir"]), "--reference", str(evaluated["val"])]
     assert main([*args, "--out", str(other), "--audio-seconds", "1"]) == 0
@@ -99,10 +100,18 @@ def test_compare_puts_two_evaluations_side_by_side(evaluated, tmp_path):
     assert cells[0] == cells[1]  # the same samples scored twice
     for href in re.findall(r'<a href="([^"]+report\.html)">', page):
         assert (out / href).resolve().is_file()
-    with pytest.raises(EvaluationInputError, match="two or more"):
-        main(["compare", str(other), "--out", str(out)])
-    with pytest.raises(EvaluationInputError, match="not an evaluation folder"):
-        main(["compare", str(other), str(tmp_path), "--out", str(out)])
+    refused = {
+        "two or more": [str(other)],
+        "given twice": [str(other), str(other)],
+        "not an evaluation folder": [str(other), str(tmp_path)],
+        "no such folder": [str(other), str(tmp_path / "absent")],
+        "is a generated folder": [str(other), str(tmp_path / "gen")],
+    }
+    shutil.copytree(other, tmp_path / "gen" / "evaluation")
+    for message, folders in refused.items():
+        assert main(["compare", *folders, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error, error
 
 
 def test_report_rebuilds_the_page_from_the_evaluation_folder(evaluated):

@@ -199,14 +199,16 @@ def test_time_windows_cut_one_snippet_per_window(runs, tmp_path):
         snippet_notes = TOKENIZER.ids_to_notes(np.asarray(snippet[1:]))
         inside = np.sort(notes.pitch[onsets >= start - 0.005][: len(snippet_notes)])
         assert sorted(snippet_notes.pitch.tolist()) == inside.tolist()
-    with pytest.raises(PromptError, match=r"prompt\.windows"):
-        run_generate(
-            runs["staria"],
-            tmp_path / "bad",
-            "prompt.source=midi",
-            f"prompt.midi=[{midi}]",
-            "prompt.windows=[[3,1]]",
-        )
+    malformed = ("[[3,1]]", "[1,2]", "[[1]]", "[[0,1],[2,3],[4,5],[6,7],[8,9]]", "[[2,4],[1,3]]")
+    for bad in malformed:
+        with pytest.raises(PromptError, match=r"prompt\.windows"):
+            run_generate(
+                runs["staria"],
+                tmp_path / "bad",
+                "prompt.source=midi",
+                f"prompt.midi=[{midi}]",
+                f"prompt.windows={bad}",
+            )
 
 
 def test_a_plain_start_has_no_structure_tokens_and_continues_the_opening(runs, tmp_path):
@@ -231,7 +233,7 @@ def test_a_plain_start_has_no_structure_tokens_and_continues_the_opening(runs, t
     expected = notes.start_ms < cut_s * 1000.0
     assert continued.pitch.tolist() == notes.pitch[expected].tolist()
     assert (start == ids[: len(start)]).all(), "the start is the file's own opening tokens"
-    with pytest.raises(PromptError, match="without form tokens"):
+    with pytest.raises(PromptError, match="a plain start has no form token"):
         run_generate(
             runs["staria"],
             tmp_path / "f",
@@ -240,6 +242,18 @@ def test_a_plain_start_has_no_structure_tokens_and_continues_the_opening(runs, t
             "prompt.structure=plain",
             "prompt.form=AB",
         )
+
+
+def test_midi_settings_without_a_midi_source_are_refused(runs, tmp_path):
+    for source, setting in (
+        ("data", "prompt.midi=[x.mid]"),
+        ("data", "prompt.windows=[[0,1]]"),
+        ("scratch", "prompt.labeller=x.ckpt"),
+        ("scratch", "prompt.continue_s=2"),
+    ):
+        key = setting.split("=")[0]
+        with pytest.raises(PromptError, match=key.replace(".", r"\.")):
+            run_generate(runs["staria"], tmp_path / "o", f"prompt.source={source}", setting)
 
 
 def test_the_checkpoint_records_how_its_pieces_were_laid_out(runs):

@@ -36,6 +36,11 @@ SAME_RUN = (
     "resume.apply_changes=true",
     "run_id=abc123",
     "allow_pickle_runs_code=true",
+    "data.num_workers=2",
+    "data.index_workers=2",
+    "model.compile=true",
+    "model.net.decoder.attn_flash=true",
+    "model.net.encoder.activation_checkpointing=true",
 )
 OTHER_RUN = (
     "model.optimizer.lr=1e-3",
@@ -168,6 +173,9 @@ def test_a_changed_sweep_point_is_a_new_run_and_the_table_lists_them(tmp_path):
     ]
     for line in table.splitlines():
         assert line in second.stdout
+    # The newest-run link names the run the last command meant, finished or not: the second
+    # sweep's last point, 3e-4, had finished in the first.
+    assert (sweep_dir / "stage-none").resolve() == rows[3e-4].folder
     # The same single-run command resumes (here: finds finished) its own run.
     again = run_staria_train(tmp_path, *tiny, "model.optimizer.lr=1e-3", **env)
     assert again.returncode == 0 and f"run {rows[1e-3].folder} has finished" in again.stdout

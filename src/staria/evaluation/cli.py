@@ -39,7 +39,7 @@ from staria.evaluation.data_statistics import (
 )
 from staria.evaluation.notes import SectionedNotes, TokenKind, TokenTable, sectioned_notes
 from staria.evaluation.report import log_to_wandb, render_samples, write_comparison, write_report
-from staria.evaluation.samples import GeneratedSample, read_manifest
+from staria.evaluation.samples import GeneratedSample, ManifestError, read_manifest
 from staria.evaluation.structure_metrics import (
     MEANINGS,
     chance_metrics,
@@ -47,7 +47,7 @@ from staria.evaluation.structure_metrics import (
     reference_metrics,
     structure_metrics,
 )
-from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
+from staria.generation.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from staria.generation.manifest import MANIFEST_FILE
 from staria.models import SequenceClassifier
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
@@ -191,7 +191,7 @@ def report_provenance(manifest: dict, settings: dict[str, Any], eval_dir: Path) 
         "prompt": {
             k: v
             for k, v in (config.get("prompt") or {}).items()
-            if k in ("source", "form", "structure", "continue_s", "windows", "labeller")
+            if k in ("source", "midi", "form", "structure", "continue_s", "windows", "labeller")
         },
         "seed": manifest.get("seed"),
         "samples": len(manifest.get("samples", [])),
@@ -308,6 +308,12 @@ def rebuild_report(eval_dir: str | Path) -> Path:
 def read_evaluation(eval_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """An evaluation folder's settings and metrics (`EvaluationInputError` naming the folder)."""
     settings_file = eval_dir / EVALUATION_FILE
+    if not eval_dir.is_dir():
+        raise EvaluationInputError(f"{eval_dir}: no such folder")
+    if (eval_dir / "evaluation" / EVALUATION_FILE).is_file():
+        raise EvaluationInputError(
+            f"{eval_dir} is a generated folder; its evaluation is {eval_dir / 'evaluation'}"
+        )
     if not settings_file.is_file() or not (eval_dir / METRICS_FILE).is_file():
         raise EvaluationInputError(
             f"{eval_dir} is not an evaluation folder: no {EVALUATION_FILE} and {METRICS_FILE} "
@@ -322,7 +328,11 @@ def compare_evaluations(eval_dirs: Sequence[str | Path], out_dir: str | Path) ->
     loss, linked to its report), with the reference set's value, chance and meaning."""
     if len(eval_dirs) < 2:
         raise EvaluationInputError("compare needs two or more evaluation folders")
+    if len({Path(d).resolve() for d in eval_dirs}) < len(eval_dirs):
+        raise EvaluationInputError("compare: an evaluation folder is given twice")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationInputError(f"--out {out_dir} is a file, not a folder")
     columns = []
     for eval_dir in map(Path, eval_dirs):
         settings, metrics = read_evaluation(eval_dir)
@@ -377,11 +387,9 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    torch.set_grad_enabled(False)
+def run(args: argparse.Namespace) -> Path:
     if args.command == "samples":
-        path = evaluate_samples(
+        return evaluate_samples(
             args.gen_dir,
             args.out,
             args.reference,
@@ -390,12 +398,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.audio_seconds,
             args.wandb,
         )
-    elif args.command == "stats":
-        path = dataset_statistics(args.inputs, args.out)
-    elif args.command == "compare":
-        path = compare_evaluations(args.eval_dirs, args.out)
-    else:
-        path = rebuild_report(args.eval_dir)
+    if args.command == "stats":
+        return dataset_statistics(args.inputs, args.out)
+    if args.command == "compare":
+        return compare_evaluations(args.eval_dirs, args.out)
+    return rebuild_report(args.eval_dir)
+
+
+# Errors in what the user gave: one line on stderr and exit status 2, no traceback.
+INPUT_ERRORS = (EvaluationInputError, ManifestError, CheckpointError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        path = run(args)
+    except INPUT_ERRORS as error:
+        print(f"staria-eval {args.command}: {error}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 

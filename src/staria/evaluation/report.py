@@ -292,7 +292,14 @@ def write_comparison(
             parts.append(f"<p>{html.escape(column['evaluation'])}: {html.escape(warning)}</p>")
     parts.append(_table(header, rows))
     settings = [
-        [html.escape(column["evaluation"]), html.escape(_format_setting(column["sampling"]))]
+        [
+            html.escape(column["evaluation"]),
+            html.escape(
+                ", ".join(f"{k}={_format_setting(v)}" for k, v in column["sampling"].items())
+            )
+            if column["sampling"]
+            else "–",
+        ]
         for column in columns
     ]
     parts += ["<h2>Sampling settings</h2>", _table(["evaluation", "sampling"], settings)]

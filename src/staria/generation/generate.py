@@ -90,7 +90,14 @@ def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout
     source = cfg.prompt.source
     if source not in PROMPT_SOURCES:
         raise PromptError(f"prompt.source={source!r} is not one of {PROMPT_SOURCES}")
+    midi_only = [k for k in ("midi", "windows", "labeller") if cfg.prompt[k]]
+    if source != "midi" and midi_only:
+        raise PromptError(
+            f"prompt.{midi_only[0]} is read only with prompt.source=midi (now {source!r})"
+        )
     if source == "scratch":
+        if cfg.prompt.continue_s:
+            raise PromptError("prompt.continue_s needs a piece to continue; not with scratch")
         return [scratch_prompt(layout.tokenizer)] * cfg.num_samples
     structure = loaded.structure if cfg.prompt.structure == "auto" else cfg.prompt.structure
     pieces = conditioning_pieces(cfg, loaded, layout)

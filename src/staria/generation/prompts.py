@@ -85,7 +85,10 @@ def labels_from_windows(windows: Sequence[Sequence[float]]) -> PieceLabels:
             source="labelled",
         )
     except (LabelFormatError, TypeError, ValueError) as error:
-        raise PromptError(f"prompt.windows={list(map(list, windows))}: {error}") from None
+        raise PromptError(
+            f"prompt.windows={windows}: {error} (give [[start_s, end_s], ...], in order, "
+            "not overlapping)"
+        ) from None
 
 
 def piece_from_midi(
@@ -215,8 +218,9 @@ def conditioned_prompt(
             raise PromptError(f"prompt.form={target!r} is not one of {FORMS}")
     elif form is not None:
         raise PromptError(
-            f"prompt.form={form!r}: the checkpoint was trained without form tokens (unlabelled "
-            "pieces); drop prompt.form, or force prompt.structure=labelled"
+            f"prompt.form={form!r}: a plain start has no form token (prompt.structure=plain, "
+            "or a checkpoint trained on unlabelled pieces); drop prompt.form, or use "
+            "prompt.structure=labelled"
         )
     snippets = tuple(section_snippets(piece.ids, piece.sections, layout, sequence))
     start = decoder_start(piece, layout, form=target, structure=structure, continue_s=continue_s)

@@ -39,18 +39,30 @@ RERUN_MAY_CHANGE = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
+# Settings that change how fast a run goes, not what it computes, wherever they sit (leaf names):
+# worker counts, pinned memory, flash attention, activation checkpointing, torch.compile.
+RUNS_THE_SAME = (
+    "num_workers",
+    "index_workers",
+    "persistent_workers",
+    "pin_memory",
+    "attn_flash",
+    "activation_checkpointing",
+    "compile",
+)
 SIGNATURE_LENGTH = 8
 
 
 def training_settings(config: Mapping, prefix: str = "") -> dict[str, Any]:
-    """`dotted.key -> value` of every setting that changes what a run trains, resolved, from a
+    """`dotted.key -> value` of every setting that changes what a run trains (not
+    `RERUN_MAY_CHANGE`, `RUNS_THE_SAME` or locations), resolved, from a
     composed config (a `DictConfig`, resolved leaf by leaf, so the run folder's own keys are
     never touched) or a stored one (a dict). A required value never given reads `???`; an
     `init_from` file that exists is its real path, links followed."""
     settings: dict[str, Any] = {}
     for key in config:
         full = f"{prefix}{key}"
-        if full in RERUN_MAY_CHANGE or str(key).endswith("dir"):
+        if full in RERUN_MAY_CHANGE or key in RUNS_THE_SAME or str(key).endswith("dir"):
             continue
         try:
             value = config[key]

@@ -3,7 +3,8 @@ folder (`runs/<name>`), one line each: its folder, status, step, best validation
 the settings in which the listed runs differ (`run_identity.training_settings`).
 
 Status: `running` (a staria-train holds the folder), `finished`, `stopped` (it has a
-checkpoint: the same command resumes it), `no checkpoint` (it never saved).
+checkpoint: the same command resumes it), `no checkpoint` (it never saved), `damaged
+config.yaml` (its settings cannot be read).
 """
 
 import argparse
@@ -48,10 +49,14 @@ def _in_use(folder: Path) -> bool:
 
 def read_run(folder: Path) -> RunRow:
     """The row of one run folder (one holding `config.yaml`), from its files only."""
-    config = load_stored_config(folder / RESOLVED_CONFIG) or {}
-    checkpoint_dir = Path(config.get("paths", {}).get("checkpoint_dir") or folder / "checkpoints")
-    if not checkpoint_dir.is_dir():
-        checkpoint_dir = folder / "checkpoints"
+    config = load_stored_config(folder / RESOLVED_CONFIG)
+    if config is None:
+        return RunRow(folder, "damaged config.yaml", None, None)
+    # Its own checkpoints/ unless its config put them elsewhere in the folder: a copied run
+    # folder still names the original's checkpoint folder, which is not its own.
+    stored = Path(config.get("paths", {}).get("checkpoint_dir") or folder / "checkpoints")
+    inside = stored.resolve() == folder or folder in stored.resolve().parents
+    checkpoint_dir = stored if inside else folder / "checkpoints"
     written = CheckpointHistory(checkpoint_dir, config.get("run_id")).written().values()
     steps = [event["step"] for event in written if isinstance(event.get("step"), int)]
     losses = [event["value"] for event in written if isinstance(event.get("value"), int | float)]
@@ -82,7 +87,9 @@ def find_runs(folders: Iterable[Path]) -> list[Path]:
 
 
 def varying(rows: list[RunRow]) -> list[str]:
-    """The settings whose value is not the same in every row (absent counts as a value)."""
+    """The settings whose value is not the same in every row with settings (absent counts as
+    a value); a run whose config is damaged has none and takes no part."""
+    rows = [row for row in rows if row.settings]
     keys = sorted({key for row in rows for key in row.settings})
     return [k for k in keys if len({repr(row.settings.get(k, "<absent>")) for row in rows}) > 1]
 
@@ -114,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="staria-runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="*", type=Path, default=[Path("runs")])
     args = parser.parse_args(argv)
-    missing = [str(folder) for folder in args.folders if not folder.is_dir()]
+    missing = [folder for folder in args.folders if not folder.is_dir()]
     if missing:
-        print(f"staria-runs: no such folder: {', '.join(missing)}", file=sys.stderr)
+        what = "not a folder" if missing[0].exists() else "no such folder"
+        print(f"staria-runs: {missing[0]}: {what}", file=sys.stderr)
         return 2
     runs = find_runs(args.folders)
     if not runs:

@@ -109,8 +109,9 @@ def changed_settings(cfg: DictConfig, run_dir: Path) -> list[str]:
         raise RunConfigChangedError(
             f"{run_dir} was started with other settings ({stored_path}); this command "
             f"changes {len(changes)}: " + "; ".join(changes[:20]) + ". Nothing was written: "
-            "rerun with the stored settings, start a new run (another `name=`), or apply "
-            "the changes from the resumed step with resume.apply_changes=true"
+            "rerun with the stored settings, drop hydra.run.dir (other settings name their own "
+            "run folder), or apply the changes from the resumed step with "
+            "resume.apply_changes=true"
         )
     return changes
 
@@ -217,6 +218,7 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
     loggers = instantiate_all("logger", cfg.logger)
     trainer = build("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if point.finished:  # checked above like any command, so a wrong one still fails
+        rank_zero_only(link_newest)(run_dir)  # the link names the run this command means
         rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
         return None
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
