@@ -209,3 +209,13 @@ def test_the_runs_table_shows_status_step_and_best_loss(tmp_path, capsys):
         ["stage-none-00000003", "no", "checkpoint", "-", "-", "0.001"],
     ]
     assert main([str(tmp_path / "absent")]) == 2
+    other = tmp_path / "runs" / "other" / "stage-A-0000000a"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "config.yaml").write_text(OmegaConf.to_yaml({"name": "other", "seed": 1}))
+    (tmp_path / "runs" / "damaged" / "stage-A-0000000b").mkdir(parents=True)
+    (tmp_path / "runs" / "damaged" / "stage-A-0000000b" / "config.yaml").write_bytes(b"\xff: [")
+    assert main([str(tmp_path / "runs")]) == 0
+    tables = capsys.readouterr().out.split("\n\n")
+    assert [table.splitlines()[0] for table in tables] == ["== damaged", "== exp", "== other"]
+    assert tables[0].splitlines()[2].split()[1:3] == ["damaged", "config.yaml"]
+    assert tables[2].splitlines()[1].split() == ["run", "status", "step", "best", "val/loss"]

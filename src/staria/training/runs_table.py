@@ -1,6 +1,7 @@
 """`staria-runs [FOLDER ...]`: the runs under a runs folder (default `runs`) or a run name's
 folder (`runs/<name>`), one line each: its folder, status, step, best validation loss, and
-the settings in which the listed runs differ (`run_identity.training_settings`).
+the settings in which the listed runs differ (`run_identity.training_settings`); one table
+per run name.
 
 Status: `running` (a staria-train holds the folder), `finished`, `stopped` (it has a
 checkpoint: the same command resumes it), `no checkpoint` (it never saved), `damaged
@@ -131,8 +132,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs under {', '.join(map(str, args.folders))}")
         return 0
     base = args.folders[0].resolve() if len(args.folders) == 1 else Path.cwd()
-    print(format_table([read_run(run) for run in runs], base))
+    groups: dict[Path, list[RunRow]] = {}
+    for run in runs:  # one table per run name (the folder above its runs): settings compare
+        groups.setdefault(run.parent, []).append(read_run(run))
+    tables = []
+    for folder, rows in groups.items():
+        heading = "" if len(groups) == 1 else f"== {_shown_path(folder, base)}\n"
+        tables.append(heading + format_table(rows, folder if len(groups) > 1 else base))
+    print("\n\n".join(tables))
     return 0
+
+
+def _shown_path(folder: Path, base: Path) -> str:
+    try:
+        return str(folder.relative_to(base))
+    except ValueError:
+        return str(folder)
 
 
 if __name__ == "__main__":
