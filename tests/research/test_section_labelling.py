@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from training.runs import first_train_batch
 
 from staria.data.datamodule import MidiDataModule
 from staria.data.labels import PieceLabels, labels_path
@@ -95,9 +96,7 @@ def test_a_trained_classifier_labels_real_midi_that_the_data_module_reads(
         max_seq_len=128,
         batch_size=6,
     )
-    data.prepare_data()
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
+    batch = first_train_batch(data)
     tok = MusicTokenizerWithStyle()
     form_ids = {tok.token_to_id[tok.form_token(form)] for form in FORMS}
     section_ids = [tok.token_to_id[tok.section_token(letter)] for letter in "ABCD"]

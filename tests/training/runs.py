@@ -65,6 +65,13 @@ def synthetic_datamodule(cache_dir: Path, **overrides) -> MidiDataModule:
     return hydra.utils.instantiate(data_config, cache_dir=str(cache_dir), **overrides)
 
 
+def first_train_batch(datamodule: MidiDataModule) -> dict:
+    """Prepare and set up `datamodule` for fit; its first training batch."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return next(iter(datamodule.train_dataloader()))
+
+
 class SignalAtStep(pl.Callback):
     """Sends the process `signal_name` (default SIGUSR2, what submitit sends before a time
     limit) at the start of training micro-batch `batch` (counted over the run), or else of

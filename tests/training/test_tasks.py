@@ -5,7 +5,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from omegaconf import OmegaConf
-from training.runs import synthetic_datamodule
+from training.runs import first_train_batch, synthetic_datamodule
 
 from staria.paths import REPO_ROOT
 from staria.training.tasks import BaselineTask, ClassifierTask, StariaTask
@@ -54,9 +54,7 @@ def _generative_task(kind: str, chunk: int | None, tmp_path):
         snippet_len=16,
         batch_size=3,
     )
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = first_train_batch(datamodule)
     torch.manual_seed(0)
     net = hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / f"conf/model/net/{kind}_tiny.yaml"))
     task_class = StariaTask if kind == "staria" else BaselineTask
