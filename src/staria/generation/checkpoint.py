@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from staria.training import safe_loading, tasks
 from staria.training.checkpointing import CheckpointHistory, recorded_run
+from staria.training.resume import RESOLVED_CONFIG
 from staria.training.tasks.base import TrainingTask
 
-RUN_CONFIG = "config.yaml"
+RUN_CONFIG = RESOLVED_CONFIG  # the resolved config.yaml staria-train writes in a run folder
 NET_TARGET_PREFIX = "staria.models."  # the networks: staria.models.StariaModel, ...
 DATA_TARGETS = ("staria.data.MidiDataModule", "staria.data.datamodule.MidiDataModule")
 TASK_TARGETS = frozenset(

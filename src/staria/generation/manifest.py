@@ -7,6 +7,7 @@ loss, code version), config, seed, prompt and timing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -101,9 +102,11 @@ def write_samples(
     return out_dir / MANIFEST_FILE
 
 
+@functools.cache
 def code_version() -> str | None:
     """`git describe`-style commit of the code that ran (`<sha>`, `-dirty` with uncommitted
-    changes); None outside a git checkout."""
+    changes); None outside a git checkout. Asked once per process (the W&B sample callback
+    writes a manifest at every validation)."""
 
     def git(*args: str) -> str:
         command = ["git", *args]
