@@ -1,10 +1,11 @@
-"""KV-cached sampling for the generative models, on x-transformers' cached forward pass.
+"""Sampling for the generative models: static-cache decoding, or a full forward per token.
 
-The loop is x-transformers' `AutoregressiveWrapper.generate` with one correction: prompts of
-different lengths are left-padded, and once a sample outgrows `max_seq_len` the window slides
-over the cache; the wrapper keeps masking each row's original pad count at the window's start,
-which by then holds real tokens, so a prompt's sample depended on the batch it was in. Here the
-pad mask follows the window (`window_pad_counts`), and a prompt's greedy sample is the same
+The loop is x-transformers' `AutoregressiveWrapper.generate` with its decoding replaced: with
+`cache_kv`, `staria.models.static_cache.StaticCacheDecoder` keeps preallocated keys/values
+(x-transformers' cache concatenates them anew at every step); without, each step reruns the net
+over the last `max_seq_len` tokens. Prompts of different lengths are left-padded, and the pad
+mask follows the window as it slides (`window_pad_counts`; x-transformers' wrapper kept masking
+each row's original pad count at the window's start), so a prompt's greedy sample is the same
 whatever the batch, prompt mix or cache length.
 
 x-transformers filters with one function and a default top-k that keeps 10% of the vocabulary;
@@ -25,6 +26,8 @@ from x_transformers import TransformerWrapper
 from x_transformers.autoregressive_wrapper import min_p as min_p_filter
 from x_transformers.autoregressive_wrapper import top_k as top_k_filter
 from x_transformers.autoregressive_wrapper import top_p as top_p_filter
+
+from staria.models.static_cache import StaticCacheDecoder
 
 
 class ContextTooLongError(ValueError):
@@ -92,7 +95,7 @@ def generate_with_cache(
     prompts = list(prompt)
     prompt_len = max(p.shape[-1] for p in prompts)
     too_long = prompt_len + max_new_tokens > net.max_seq_len
-    if decoding.cache_kv and too_long and not net.can_cache_kv_outside_max_seq_len:
+    if decoding.cache_kv and too_long and net.attn_layers.rotary_pos_emb is None:
         raise ContextTooLongError(
             f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds "
             f"max_seq_len={net.max_seq_len}: learned absolute positions cannot decode past "
@@ -107,42 +110,47 @@ def generate_with_cache(
         [p.flip(0) for p in prompts], batch_first=True, padding_value=decoding.pad_id
     ).flip(1)  # left-padded [B, T]
     pad_counts = prompt_len - lengths
-    max_seq_len, logits_filter = net.max_seq_len, decoding.logits_filter
-    use_cache = decoding.cache_kv and net.can_cache_kv
-    cache = None
+    logits_filter = decoding.logits_filter
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=out.device)
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
-            for _ in range(max_new_tokens):
-                window = out[:, -max_seq_len:]
-                if cache is not None and out.shape[1] > max_seq_len:
-                    for layer in cache.attn_intermediates:
-                        if layer.layer_type == "a":
-                            layer.cached_kv = [
-                                t[..., -(max_seq_len - 1) :, :] for t in layer.cached_kv
-                            ]
-                pads = window_pad_counts(pad_counts, out.shape[1], max_seq_len)
-                logits, next_cache = net(
-                    window,
-                    return_intermediates=True,
-                    cache=cache,
-                    seq_start_pos=pads if pads.any() else None,  # no pad left: no mask to build
-                    **net_kwargs,
+            cached = None
+            if decoding.cache_kv:
+                cached = StaticCacheDecoder(
+                    net, len(prompts), prompt_len + max_new_tokens, **net_kwargs
                 )
-                cache = next_cache if use_cache else None
-                logits = logits_filter(logits[:, -1])
+                logits = cached.prefill(out, pad_counts)
+            else:
+                logits = _window_logits(net, out, pad_counts, net_kwargs)
+            for step in range(max_new_tokens):
+                logits = logits_filter(logits)
                 if logits_filter.greedy:
                     sample = logits.argmax(dim=-1, keepdim=True)
                 else:
                     sample = torch.multinomial(F.softmax(logits, dim=-1), 1)
                 out = torch.cat((out, sample), dim=-1)
                 finished |= sample[:, 0] == decoding.eos_id
-                if finished.all():
+                if finished.all() or step == max_new_tokens - 1:
                     break
+                if cached is not None:
+                    logits = cached.step(sample)
+                else:
+                    logits = _window_logits(net, out, pad_counts, net_kwargs)
     finally:
         net.train(was_training)
     new = out[:, prompt_len:]
     after_eos = (new == decoding.eos_id).long().cumsum(dim=-1) - (new == decoding.eos_id).long()
     return new.masked_fill(after_eos > 0, decoding.pad_id)
+
+
+def _window_logits(net: TransformerWrapper, out: Tensor, pad_counts: Tensor, net_kwargs) -> Tensor:
+    """Next-token logits [B, V] from a full forward over the last `max_seq_len` tokens of `out`."""
+    max_seq_len = net.max_seq_len
+    pads = window_pad_counts(pad_counts, out.shape[1], max_seq_len)
+    return net(
+        out[:, -max_seq_len:],
+        seq_start_pos=pads if pads.any() else None,  # no pad left: no mask to build
+        **net_kwargs,
+    )[:, -1]
