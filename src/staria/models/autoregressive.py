@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pad_sequence
 from x_transformers import TransformerWrapper
 from x_transformers.autoregressive_wrapper import min_p as min_p_filter
 from x_transformers.autoregressive_wrapper import top_k as top_k_filter
@@ -49,7 +48,7 @@ class LogitsFilter:
 
     def __call__(self, logits: Tensor) -> Tensor:
         """Filtered logits [B, V] (temperature applied unless greedy)."""
-        if not self.greedy:
+        if not self.greedy and self.temperature != 1:
             logits = logits / self.temperature
         if self.top_k:  # None or 0: off
             logits = top_k_filter(logits, k=self.top_k)
@@ -105,42 +104,46 @@ def generate_with_cache(
         if (tokens == decoding.eos_id).any():
             # it would count as already finished and be cut there
             raise ValueError(f"prompt row {row} contains the eos id {decoding.eos_id}")
-    lengths = torch.tensor([p.shape[-1] for p in prompts], device=prompts[0].device)
-    out = pad_sequence(
-        [p.flip(0) for p in prompts], batch_first=True, padding_value=decoding.pad_id
-    ).flip(1)  # left-padded [B, T]
-    pad_counts = prompt_len - lengths
+    batch = len(prompts)
+    if max_new_tokens < 1:
+        return torch.empty(batch, 0, dtype=torch.long, device=prompts[0].device)
+    out = torch.full(
+        (batch, prompt_len + max_new_tokens), decoding.pad_id, device=prompts[0].device
+    )  # left-padded prompts, then the samples
+    for row, tokens in enumerate(prompts):
+        out[row, prompt_len - tokens.shape[-1] : prompt_len] = tokens
+    pad_counts = prompt_len - torch.tensor([p.shape[-1] for p in prompts], device=out.device)
     logits_filter = decoding.logits_filter
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=out.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=out.device)
+    length = prompt_len  # tokens in `out` so far
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
             cached = None
             if decoding.cache_kv:
-                cached = StaticCacheDecoder(
-                    net, len(prompts), prompt_len + max_new_tokens, **net_kwargs
-                )
-                logits = cached.prefill(out, pad_counts)
+                cached = StaticCacheDecoder(net, batch, out.shape[1], **net_kwargs)
+                logits = cached.prefill(out[:, :length], pad_counts)
             else:
-                logits = _window_logits(net, out, pad_counts, net_kwargs)
-            for step in range(max_new_tokens):
+                logits = _window_logits(net, out[:, :length], pad_counts, net_kwargs)
+            while True:
                 logits = logits_filter(logits)
                 if logits_filter.greedy:
-                    sample = logits.argmax(dim=-1, keepdim=True)
+                    sample = logits.argmax(dim=-1)
                 else:
-                    sample = torch.multinomial(F.softmax(logits, dim=-1), 1)
-                out = torch.cat((out, sample), dim=-1)
-                finished |= sample[:, 0] == decoding.eos_id
-                if finished.all() or step == max_new_tokens - 1:
+                    sample = torch.multinomial(F.softmax(logits, dim=-1), 1)[:, 0]
+                out[:, length] = sample
+                length += 1
+                finished |= sample == decoding.eos_id
+                if length == out.shape[1] or finished.all():
                     break
                 if cached is not None:
                     logits = cached.step(sample)
                 else:
-                    logits = _window_logits(net, out, pad_counts, net_kwargs)
+                    logits = _window_logits(net, out[:, :length], pad_counts, net_kwargs)
     finally:
         net.train(was_training)
-    new = out[:, prompt_len:]
+    new = out[:, prompt_len:length]
     after_eos = (new == decoding.eos_id).long().cumsum(dim=-1) - (new == decoding.eos_id).long()
     return new.masked_fill(after_eos > 0, decoding.pad_id)
 

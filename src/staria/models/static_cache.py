@@ -28,17 +28,29 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from x_transformers import TransformerWrapper
-from x_transformers.x_transformers import Attention, Residual, apply_rotary_pos_emb
+from x_transformers.x_transformers import (
+    AbsolutePositionalEmbedding,
+    Attention,
+    Residual,
+    always,
+    apply_rotary_pos_emb,
+)
+from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
 
 class UnsupportedNetError(ValueError):
     """The net uses an x-transformers feature that static-cache decoding does not reproduce."""
 
 
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The module inside torch's activation-checkpoint wrapper, or the module itself."""
+    return getattr(module, "_checkpoint_wrapped_module", module)
+
+
 def _plain_attention(attention: nn.Module, where: str) -> Attention:
     """The x-transformers `Attention` inside `attention` (unwrapping a checkpoint wrapper), checked
     to be a plain multi-head one: separate q/k/v projections, no gates, norms or memory."""
-    inner = getattr(attention, "_checkpoint_wrapped_module", attention)
+    inner = _unwrapped(attention)
     if not isinstance(inner, Attention):
         raise UnsupportedNetError(
             f"{where}: {type(inner).__name__} is not an x-transformers Attention"
@@ -63,8 +75,27 @@ def _plain_attention(attention: nn.Module, where: str) -> Attention:
     return inner
 
 
+class _Norm:
+    """A pre-norm as one `F.layer_norm` call (torch's LayerNorm, x-transformers' bias-free one),
+    or the module itself for any other norm."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        self.module, self.args = norm, None
+        if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine:
+            self.args = (norm.weight, norm.bias, norm.eps)
+        elif isinstance(norm, XLayerNorm):
+            self.args = (norm.gamma + float(norm.unit_offset), None, norm.ln.eps)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.args is None:
+            return self.module(x)
+        weight, bias, eps = self.args
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
 class _Block:
-    """One layer of the stack: its pre-norm, its branch and what kind of branch it is."""
+    """One layer of the stack, its weights gathered for a step: pre-norm, and for attention
+    the fused q/k/v (self) or q (cross) projection, the output projection and the gate."""
 
     def __init__(self, layer_type: str, norms: nn.ModuleList, branch: nn.Module, residual, where):
         if norms[1] is not None or norms[2] is not None:
@@ -74,14 +105,35 @@ class _Block:
         if residual.scale_residual_constant != 1:
             raise UnsupportedNetError(f"{where}: a scaled residual is not supported")
         self.kind = layer_type
-        self.norm = norms[0]
-        self.branch = branch
-        self.gate: nn.Parameter | None = None
+        self.norm = _Norm(norms[0])
+        self.branch = _unwrapped(branch)
+        if layer_type not in ("a", "c"):
+            return
+        gated = getattr(self.branch, "cross_attn", None)
+        attention = _plain_attention(gated if gated is not None else self.branch, where)
+        self.attention = attention
+        self.heads, self.scale = attention.heads, attention.scale
+        self.head_dim = attention.to_q.out_features // attention.heads
+        projections = (attention.to_q, attention.to_k, attention.to_v)
+        if any(projection.bias is not None for projection in projections):
+            raise UnsupportedNetError(f"{where}: q/k/v biases are not supported")
         if layer_type == "a":
-            self.attention = _plain_attention(branch, where)
-        elif layer_type == "c":
-            self.gate = getattr(branch, "cross_attn_gate", None)
-            self.attention = _plain_attention(getattr(branch, "cross_attn", branch), where)
+            self.in_weight = torch.cat([projection.weight for projection in projections])
+        else:
+            self.in_weight = attention.to_q.weight
+        if not isinstance(attention.to_out, nn.Linear | nn.Identity):
+            raise UnsupportedNetError(f"{where}: {type(attention.to_out).__name__} output")
+        self.to_out = attention.to_out
+        self.gate = self.branch.cross_attn_gate.tanh() if gated is not None else None
+
+    def heads_of(self, x: Tensor) -> Tensor:
+        """[B, T, H*D] -> [B, H, T, D]."""
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def out(self, attended: Tensor) -> Tensor:
+        """[B, H, T, D] -> the branch's output [B, T, dim], gate applied."""
+        out = self.to_out(attended.transpose(1, 2).flatten(2))
+        return out * self.gate if self.gate is not None else out
 
 
 class StaticCacheDecoder:
@@ -111,6 +163,17 @@ class StaticCacheDecoder:
             raise UnsupportedNetError("l2-normed embeddings are not supported")
         self.net = net
         self.rotary = layers.rotary_pos_emb
+        self.absolute_positions = None
+        if isinstance(net.pos_emb, AbsolutePositionalEmbedding):
+            self.absolute_positions = net.pos_emb
+        elif not isinstance(net.pos_emb, always) or net.pos_emb.val != 0:
+            raise UnsupportedNetError(f"{type(net.pos_emb).__name__} positions are not supported")
+        # post-embedding norm, dropout, projection: the ones that do something in eval
+        self.after_embedding = [
+            module
+            for module in (net.post_emb_norm, net.emb_dropout, net.project_emb)
+            if not isinstance(module, nn.Identity | nn.Dropout)
+        ]
         if self.rotary is None and length > net.max_seq_len:
             raise ValueError(
                 f"{length} positions exceed max_seq_len={net.max_seq_len} of learned positions"
@@ -123,6 +186,7 @@ class StaticCacheDecoder:
         ]
         self.batch, self.length = batch, length
         self.slots = min(length, net.max_seq_len) if self.rotary is not None else length
+        self.final_norm = _Norm(layers.final_norm)
         weight = net.to_logits.weight
         self.self_kv: list[tuple[Tensor, Tensor]] = []
         for block in self.blocks:
@@ -134,6 +198,7 @@ class StaticCacheDecoder:
         self.cross_kv = self._cross_keys_values(context, context_mask)
         self.key_is_real = torch.zeros(batch, self.slots, dtype=torch.bool, device=weight.device)
         self.pad_counts = torch.zeros(batch, dtype=torch.long, device=weight.device)
+        self.pads = 0  # the most left pads of a row
         self.position = 0  # tokens written so far
         self.positions = torch.arange(length, device=weight.device)
         if self.rotary is not None:
@@ -152,39 +217,35 @@ class StaticCacheDecoder:
         keep = has_context.to(context.dtype)[:, None, None, None]
         return [
             (
-                self._heads(block.attention.to_k(context), block.attention),
-                self._heads(block.attention.to_v(context), block.attention) * keep,
+                block.heads_of(block.attention.to_k(context)),
+                block.heads_of(block.attention.to_v(context)) * keep,
                 mask,
             )
             for block in self.blocks
             if block.kind == "c"
         ]
 
-    @staticmethod
-    def _heads(x: Tensor, attention: Attention) -> Tensor:
-        """[B, T, H*D] -> [B, H, T, D]."""
-        batch, length, _ = x.shape
-        return x.view(batch, length, attention.heads, -1).transpose(1, 2)
-
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        net = self.net
-        x = net.token_emb(tokens)
-        x = x + net.pos_emb(x, pos=positions, seq_start_pos=self.pad_counts)
-        return net.project_emb(net.emb_dropout(net.post_emb_norm(x)))
+        x = self.net.token_emb(tokens)
+        if self.absolute_positions is not None:
+            x = x + self.absolute_positions(x, pos=positions, seq_start_pos=self.pad_counts)
+        for module in self.after_embedding:
+            x = module(x)
+        return x
 
     def _rotate(self, x: Tensor, start: int) -> Tensor:
         if self.rotary is None:
             return x
         return apply_rotary_pos_emb(x, self.rotary_freqs[:, start : start + x.shape[2]])
 
-    def _forward(self, tokens: Tensor, start: int) -> Tensor:
+    def _forward(self, tokens: Tensor, start: int, mask: Tensor | None) -> Tensor:
         """Logits [B, V] after `tokens` [B, T] at positions start..start+T-1 (within one pass of
-        the ring); writes their keys/values into the buffers."""
+        the ring), self-attending under `mask` [B,1,T,K] (None: causal); writes their
+        keys/values into the buffers."""
         length = tokens.shape[1]
         slot = start % self.slots
         written = slice(slot, slot + length)
         filled = min(start + length, self.slots)
-        mask = self._self_mask(start, length, filled)
         causal = mask is None and length > 1
         x = self._embed(tokens, self.positions[start : start + length])
         cross = iter(self.cross_kv)
@@ -192,49 +253,30 @@ class StaticCacheDecoder:
         for block in self.blocks:
             inputs = block.norm(x)
             if block.kind == "a":
-                attention = block.attention
                 keys, values = next(cache)
-                q = self._rotate(self._heads(attention.to_q(inputs), attention), start)
-                keys[:, :, written] = self._rotate(
-                    self._heads(attention.to_k(inputs), attention), start
-                )
-                values[:, :, written] = self._heads(attention.to_v(inputs), attention)
+                q, k, v = F.linear(inputs, block.in_weight).chunk(3, dim=-1)
+                q = self._rotate(block.heads_of(q), start)
+                keys[:, :, written] = self._rotate(block.heads_of(k), start)
+                values[:, :, written] = block.heads_of(v)
                 attended = F.scaled_dot_product_attention(
                     q,
                     keys[:, :, :filled],
                     values[:, :, :filled],
                     mask,
                     is_causal=causal,
-                    scale=attention.scale,
+                    scale=block.scale,
                 )
-                x = x + attention.to_out(attended.transpose(1, 2).flatten(2))
+                x = x + block.out(attended)
             elif block.kind == "c":
-                attention = block.attention
                 keys, values, context_mask = next(cross)
-                q = self._heads(attention.to_q(inputs), attention)
+                q = block.heads_of(F.linear(inputs, block.in_weight))
                 attended = F.scaled_dot_product_attention(
-                    q, keys, values, context_mask, scale=attention.scale
+                    q, keys, values, context_mask, scale=block.scale
                 )
-                out = attention.to_out(attended.transpose(1, 2).flatten(2))
-                x = x + (out * block.gate.tanh() if block.gate is not None else out)
+                x = x + block.out(attended)
             else:
                 x = x + block.branch(inputs)
-        return self.net.to_logits(self.net.attn_layers.final_norm(x[:, -1]))
-
-    def _self_mask(self, start: int, length: int, filled: int) -> Tensor | None:
-        """Boolean [B,1,T,K] over the first `filled` slots: causal, left pads masked, each query
-        its own key (so a pad row stays finite); None when plain causal attention is exact."""
-        keys_real = self.key_is_real[:, :filled]
-        if bool(keys_real.all()):
-            return None
-        device = keys_real.device
-        slot = torch.arange(filled, device=device)
-        last = start + length - 1
-        key_positions = last - ((last - slot) % self.slots)  # the latest position in each slot
-        query_positions = self.positions[start : start + length]
-        causal = query_positions[:, None] >= key_positions[None, :]
-        own = query_positions[:, None] == key_positions[None, :]
-        return ((causal[None] & keys_real[:, None, :]) | own[None])[:, None]
+        return self.net.to_logits(self.final_norm(x[:, -1]))
 
     @torch.no_grad()
     def prefill(self, tokens: Tensor, pad_counts: Tensor) -> Tensor:
@@ -249,8 +291,15 @@ class StaticCacheDecoder:
             pad_counts = (pad_counts - (length - self.slots)).clamp(min=0)
             length = self.slots
         self.pad_counts = pad_counts
-        self.key_is_real[:, :length] = self.positions[None, :length] >= pad_counts[:, None]
-        logits = self._forward(tokens, 0)
+        self.pads = int(pad_counts.max())
+        positions = self.positions[:length]
+        self.key_is_real[:, :length] = positions[None, :] >= pad_counts[:, None]
+        mask = None
+        if self.pads:  # causal, pads masked as keys, each pad its own key (so its row is finite)
+            causal = positions[:, None] >= positions[None, :]
+            own = torch.eye(length, dtype=torch.bool, device=tokens.device)
+            mask = ((causal[None] & self.key_is_real[:, None, :length]) | own[None])[:, None]
+        logits = self._forward(tokens, 0, mask)
         self.position = length
         return logits
 
@@ -260,6 +309,11 @@ class StaticCacheDecoder:
         if self.position >= self.length:
             raise RuntimeError(f"the buffers hold {self.length} positions; all are used")
         self.key_is_real[:, self.position % self.slots] = True
-        logits = self._forward(token.view(self.batch, 1), self.position)
+        # the one query is the latest position: only pads (until the ring overwrites them) hide
+        mask = None
+        if self.position - self.slots + 1 < self.pads:
+            filled = min(self.position + 1, self.slots)
+            mask = self.key_is_real[:, None, None, :filled]
+        logits = self._forward(token.view(self.batch, 1), self.position, mask)
         self.position += 1
         return logits
