@@ -1,5 +1,8 @@
 """Stages A/B/C: exactly which parameters train, and frozen ones stay put through an AdamW step."""
 
+import copy as copy_module
+import pickle
+
 import pytest
 import torch
 
@@ -172,6 +175,32 @@ def test_stage_c_trains_every_row_of_the_embedding_and_head():
     logits.sum().backward()
     head_grad = model.decoder.net.to_logits.weight.grad
     assert (head_grad[: VOCAB - 15] != 0).any()
+
+
+def head_gradient(model: StariaModel) -> torch.Tensor:
+    torch.manual_seed(1)
+    tokens = torch.randint(3, VOCAB, (2, 12))
+    snippets = torch.randint(3, VOCAB, (2, 2, 8))
+    model.zero_grad()
+    logits = model(snippets, torch.ones_like(snippets, dtype=torch.bool), tokens, tokens > 0)
+    logits.sum().backward()
+    return model.decoder.net.to_logits.weight.grad
+
+
+@pytest.mark.parametrize("copy", ["deepcopy", "pickle"])
+def test_a_copied_model_gets_its_own_row_mask_once(copy):
+    """A copy (deepcopy, or the unpickled model of a DDP-spawned process) carries no hook:
+    stage A masks it anew, once, and reapplying the stage every step adds no second hook."""
+    model = tiny_staria()
+    StageSchedule("A").apply(model, 0)
+    twin = copy_module.deepcopy(model) if copy == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert (head_gradient(twin)[: VOCAB - 15] != 0).any()  # no hook came with the copy
+    for step in range(3):
+        StageSchedule("A").apply(twin, step)
+    head = twin.decoder.net.to_logits.weight
+    assert len(head._backward_hooks) == 1
+    grad = head_gradient(twin)
+    assert (grad[: VOCAB - 15] == 0).all() and (grad[VOCAB - 15 :] != 0).any()
 
 
 def test_bad_stage_settings_name_the_value():

@@ -18,7 +18,6 @@ pretrained rows stay exactly as they were.
 from __future__ import annotations
 
 import sys
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -72,19 +71,25 @@ class RowGradientMask:
         return grad * keep
 
 
-# The mask hook of each parameter that has one, by parameter id (tensors cannot be weak dict
-# keys: they compare elementwise). A copy, such as a DDP-spawned process's unpickled model, has
-# no hook and no entry, and gets its own.
-_row_masks: dict[int, RemovableHandle] = {}
+# A masked parameter carries its hook's handle with its own id: a copy (deepcopy, or a
+# DDP-spawned process's unpickled model) carries the attribute but not the hook, and its id
+# differs, so it counts as unmasked and gets its own hook.
+_ROW_MASK_ATTRIBUTE = "_staria_row_mask"
 
 
 def _row_mask(parameter: nn.Parameter) -> RemovableHandle | None:
-    return _row_masks.get(id(parameter))
+    owner, handle = getattr(parameter, _ROW_MASK_ATTRIBUTE, (None, None))
+    return handle if owner == id(parameter) else None
 
 
 def _add_row_mask(parameter: nn.Parameter, rows: tuple[int, ...]) -> None:
-    _row_masks[id(parameter)] = parameter.register_hook(RowGradientMask(rows))
-    weakref.finalize(parameter, _row_masks.pop, id(parameter), None)
+    handle = parameter.register_hook(RowGradientMask(rows))
+    setattr(parameter, _ROW_MASK_ATTRIBUTE, (id(parameter), handle))
+
+
+def _remove_row_mask(parameter: nn.Parameter, handle: RemovableHandle) -> None:
+    handle.remove()
+    delattr(parameter, _ROW_MASK_ATTRIBUTE)
 
 
 @dataclass(frozen=True)
@@ -169,8 +174,7 @@ class StageSchedule:
                 )
             _add_row_mask(parameter, self.new_token_ids)
         elif not self.masks_token_rows and handle is not None:
-            handle.remove()
-            del _row_masks[id(parameter)]
+            _remove_row_mask(parameter, handle)
 
     def param_groups(self, model: StariaModel, base_lr: float) -> list[dict]:
         """Optimizer groups (`name`, `params`, `lr`) of every parameter this stage ever trains.
