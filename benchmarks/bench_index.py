@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from staria.data.preprocess import IndexSettings, build_index, scan_midi_files
-from staria.midi_io import MidiReadError
+from staria.data.preprocess import IndexSettings, build_index
+from staria.midi_io import MidiReadError, scan_midi_files
 from staria.paths import midi_dir
 from staria.tokenizer import MusicTokenizerWithStyle
 

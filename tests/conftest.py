@@ -34,3 +34,15 @@ def _forget_wandb_service():
     SLURM job) would attach to that service, which still holds the killed run's id as in use."""
     yield
     os.environ.pop("WANDB_SERVICE", None)
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state_is_left_as_found():
+    """A test that changes torch's process-wide settings (grad mode, threads, default dtype)
+    fails, naming them: an entrypoint called in-process must not change them for its caller."""
+    before = torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype()
+    yield
+    after = torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype()
+    names = ("grad mode", "threads", "default dtype")
+    changed = [f"{n}: {a} -> {b}" for n, a, b in zip(names, before, after, strict=True) if a != b]
+    assert not changed, f"torch global state changed: {changed}"

@@ -21,6 +21,7 @@ from staria.midi_io import (
     MAX_FILE_BYTES,
     MS_BOUND,
     AriaNotes,
+    MidiReadError,
     NoteTable,
     _aria_onsets_ms,
     _aria_spans_ms,
@@ -28,7 +29,7 @@ from staria.midi_io import (
     _sustained_ends,
     notes_to_midi_bytes,
 )
-from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle, PieceLimits
+from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
 
 _CASE_RUNNER = """
 import json, sys

@@ -7,8 +7,8 @@ import pytest
 from midi_oracle import midi_file, mido_accepts, mido_events, our_events
 
 from staria.midi_events import MidiFormatError, read_events
-from staria.midi_io import read_notes
-from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
+from staria.midi_io import MidiReadError, read_notes
+from staria.tokenizer import MusicTokenizerWithStyle
 
 ORACLE_FILES = [
     "aria-utils-tests/arabesque.mid",  # pedal in its own note-less track

@@ -5,21 +5,25 @@ import json
 import numpy as np
 import pretty_midi
 import pytest
+from aria_reference import VENDORED_FILES, VENDORED_VOCAB_SHA256, vocabulary_digest
+from aria_reference import folder as aria_folder
+from aria_reference import reference as aria_reference
 
-from staria.paths import midi_dir
-from staria.tokenizer import MidiReadError
+from staria.midi_io import MidiReadError
 from staria.tokenizer_cli import roundtrip_report, write_example_midi
 
-REFERENCE = midi_dir() / "aria_reference_ids.json"
-_reference = (
-    json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {"files": {}, "errors": {}}
-)
+ARIA = aria_folder()
+_reference = aria_reference()
 
 
-def test_vocabulary_is_aria_then_staria(tokenizer, shared_midi_dir):
-    listed = json.loads((shared_midi_dir / "staria_vocab.json").read_text())["vocab"]
-    expected = [tuple(token) if isinstance(token, list) else token for token in listed]
-    assert list(tokenizer.vocab) == expected
+def test_vocabulary_is_aria_then_staria(tokenizer):
+    listing = ARIA / "staria_vocab.json"
+    if listing.is_file():
+        listed = json.loads(listing.read_text())["vocab"]
+        expected = [tuple(token) if isinstance(token, list) else token for token in listed]
+        assert list(tokenizer.vocab) == expected
+    # the vendored subset keeps the listing's digest: checked with or without the listing
+    assert vocabulary_digest(list(tokenizer.vocab)) == VENDORED_VOCAB_SHA256
     assert tokenizer.vocab_size() == 17742
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (0, 1, 2)
     assert tokenizer.encode([tokenizer.section_token("A"), tokenizer.form_token("ABA")]) == [
@@ -32,18 +36,18 @@ def test_vocabulary_is_aria_then_staria(tokenizer, shared_midi_dir):
 
 
 @pytest.mark.parametrize("name", list(_reference["files"]))
-def test_ids_match_aria_reference(tokenizer, shared_midi_dir, name):
+def test_ids_match_aria_reference(tokenizer, name):
     expected = _reference["files"][name]
-    got = tokenizer.encode(tokenizer.tokenize(shared_midi_dir / name, add_dim_tok=False))
+    got = tokenizer.encode(tokenizer.tokenize(ARIA / name, add_dim_tok=False))
     start, expected_start = got.index(tokenizer.bos_id), expected.index(tokenizer.bos_id)
     assert set(got[:start]) == set(expected[:expected_start])
     assert got[start:] == expected[expected_start:]
 
 
 @pytest.mark.parametrize("name", list(_reference["errors"]))
-def test_files_aria_refuses_raise_midi_read_error(tokenizer, shared_midi_dir, name):
+def test_files_aria_refuses_raise_midi_read_error(tokenizer, name):
     with pytest.raises(MidiReadError, match=name.split("/")[-1]) as error:
-        tokenizer.tokenize(shared_midi_dir / name)
+        tokenizer.tokenize(ARIA / name)
     assert error.value.reason
 
 
@@ -57,11 +61,9 @@ def _stable_round_trip(tokenizer, source):
     return normalised, tokenizer.tokenize(tokenizer.detokenize(normalised))
 
 
-@pytest.mark.parametrize(
-    "name", ["miditok-tests/Maestro_1.mid", "aria-utils-tests/pop.mid", "pretty-midi/example.mid"]
-)
-def test_round_trip_is_identity_after_one_pass_on_real_files(tokenizer, shared_midi_dir, name):
-    normalised, again = _stable_round_trip(tokenizer, shared_midi_dir / name)
+@pytest.mark.parametrize("name", VENDORED_FILES)
+def test_round_trip_is_identity_after_one_pass_on_real_files(tokenizer, name):
+    normalised, again = _stable_round_trip(tokenizer, ARIA / name)
     assert again == normalised
 
 
@@ -98,14 +100,17 @@ def test_time_tokens_mark_5_second_segments(tokenizer):
     ]  # fmt: skip
 
 
-def test_dim_token_sits_about_100_tokens_before_the_end(tokenizer, shared_midi_dir):
-    tokens = tokenizer.tokenize(shared_midi_dir / "miditok-tests/Maestro_1.mid", add_dim_tok=True)
+PIANO_PIECE = "miditok-tests/6338816_Etude No. 4.mid"  # in the shared and the vendored folder
+
+
+def test_dim_token_sits_about_100_tokens_before_the_end(tokenizer):
+    tokens = tokenizer.tokenize(ARIA / PIANO_PIECE, add_dim_tok=True)
     assert tokens.count("<D>") == 1
     assert 100 <= len(tokens) - tokens.index("<D>") <= 104
 
 
-def test_augmentations(tokenizer, shared_midi_dir):
-    tokens = tokenizer.tokenize(shared_midi_dir / "miditok-tests/Maestro_1.mid")
+def test_augmentations(tokenizer):
+    tokens = tokenizer.tokenize(ARIA / PIANO_PIECE)
     up = tokenizer.augment_pitch(tokens, 2)
     assert up[2] == ("piano", tokens[2][1] + 2, tokens[2][2])
     far = tokenizer.augment_pitch(tokens, 60)
@@ -120,9 +125,9 @@ def test_augmentations(tokenizer, shared_midi_dir):
     assert slower.count("<T>") >= 2 * tokens.count("<T>")
 
 
-def test_roundtrip_report_lists_rows_and_skips(tmp_path, shared_midi_dir):
+def test_roundtrip_report_lists_rows_and_skips(tmp_path):
     paths = write_example_midi(tmp_path)
-    (tmp_path / "empty.mid").write_bytes((shared_midi_dir / "miditok-tests/empty.mid").read_bytes())
+    (tmp_path / "empty.mid").write_bytes((ARIA / "miditok-tests/empty.mid").read_bytes())
     rows, skipped = roundtrip_report(tmp_path)
     assert [row.file for row in rows] == [paths[0].name]
     assert rows[0].notes_in == rows[0].notes_out > 0
@@ -130,11 +135,9 @@ def test_roundtrip_report_lists_rows_and_skips(tmp_path, shared_midi_dir):
     assert "empty.mid" in skipped
 
 
-@pytest.mark.parametrize(
-    "name", ["aria-example-prompts/classical.mid", "miditok-tests/Funkytown.mid"]
-)
-def test_write_midi_tokenizes_like_the_pretty_midi_path(tokenizer, shared_midi_dir, tmp_path, name):
-    tokens = tokenizer.tokenize(shared_midi_dir / name)
+@pytest.mark.parametrize("name", VENDORED_FILES)
+def test_write_midi_tokenizes_like_the_pretty_midi_path(tokenizer, tmp_path, name):
+    tokens = tokenizer.tokenize(ARIA / name)
     tokenizer.write_midi(tokens, tmp_path / "fast.mid")
     written = pretty_midi.PrettyMIDI(str(tmp_path / "fast.mid"))
     expected = tokenizer.detokenize(tokens)

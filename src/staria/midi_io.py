@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from staria.midi_events import (
     write_events,
 )
 from staria.midi_events import SUSTAIN_PEDAL_CC as SUSTAIN_PEDAL_CC  # used by MIDI writers
+
+log = logging.getLogger(__name__)
 
 # General MIDI groups programs in blocks of 8; None marks the groups Aria drops.
 PROGRAM_GROUP_FAMILIES: tuple[str | None, ...] = (
@@ -459,3 +464,47 @@ def notes_to_midi_bytes(notes: NoteTable) -> bytes:
         order = np.lexsort((data2, data1, rank, tick))
         tracks.append((tick[order], status[order], data1[order], data2[order]))
     return write_events(WRITE_TICKS_PER_BEAT, WRITE_TEMPO_US, tracks)
+
+
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]:
+    """Sorted MIDI files under the given folders (or the files themselves); first `limit` if > 0.
+
+    A folder that cannot be listed (permissions, a path too long) is logged and skipped; a
+    source that is neither a file nor a folder is a `FileNotFoundError` naming it.
+    """
+    files: set[Path] = set()
+    for source in map(Path, sources):
+        if source.is_file():
+            files.add(source.resolve())
+        elif source.is_dir():
+            seen: set[tuple[int, int]] = set()  # folders by (device, inode): links loop
+            for folder, subfolders, names in os.walk(source, onerror=_unlisted, followlinks=True):
+                try:
+                    status = os.stat(folder)
+                except OSError as error:
+                    _unlisted(error)
+                    subfolders.clear()
+                    continue
+                identity = (status.st_dev, status.st_ino)
+                if identity in seen:
+                    subfolders.clear()
+                    continue
+                seen.add(identity)
+                for name in names:
+                    path = Path(folder) / name
+                    try:
+                        if path.suffix.lower() in MIDI_SUFFIXES and path.is_file():
+                            files.add(path.resolve())
+                    except OSError as error:
+                        _unlisted(error)
+        else:
+            raise FileNotFoundError(f"MIDI source {source} is neither a file nor a folder")
+    ordered = sorted(files)
+    return ordered[:limit] if limit > 0 else ordered
+
+
+def _unlisted(error: OSError) -> None:
+    log.warning("skipping %s: %s", error.filename, error.strerror)

@@ -12,10 +12,8 @@ import pretty_midi
 from rich.console import Console
 from rich.table import Table
 
-from staria.midi_io import read_notes
-from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
-
-MIDI_SUFFIXES = (".mid", ".midi")
+from staria.midi_io import MidiReadError, read_notes, scan_midi_files
+from staria.tokenizer import MusicTokenizerWithStyle
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,8 @@ def roundtrip_report(
     tokenizer = MusicTokenizerWithStyle()
     rows: list[RoundTripRow] = []
     skipped: dict[str, str] = {}
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+    folder = folder.resolve()
+    paths = scan_midi_files([folder])
     for path in paths:
         name = str(path.relative_to(folder))
         try:

@@ -25,8 +25,10 @@ from midi_oracle import (
 from processes import descendants, gone_within, running
 
 from staria.data.isolation import WorkerLimits
-from staria.data.preprocess import SPLITS, IndexSettings, build_index, scan_midi_files
-from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
+from staria.data.labels import SPLITS
+from staria.data.preprocess import IndexSettings, build_index
+from staria.midi_io import MidiReadError, scan_midi_files
+from staria.tokenizer import MusicTokenizerWithStyle
 
 STARIA_DATA = [sys.executable, "-c", "from staria.data.cli import main; main()"]
 

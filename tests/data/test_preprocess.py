@@ -19,10 +19,10 @@ from staria.data.preprocess import (
     find_index,
     iter_legacy_path_list,
     merge_index,
-    scan_midi_files,
     split_of,
 )
 from staria.data.synthetic import SynthesisConfig, synthesize
+from staria.midi_io import scan_midi_files
 from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle
 
 BAD_FILES = {

@@ -8,8 +8,8 @@ import matplotlib.image
 import pytest
 import torch
 
+from staria.data.datasets import IGNORE_INDEX
 from staria.evaluation.classifier_metrics import (
-    UNKNOWN_LABEL,
     classify_samples,
     predict_classes,
     save_scores,
@@ -41,7 +41,7 @@ def test_unknown_requests_are_left_out():
     scores = score_classes(
         "style",
         torch.tensor([*PREDICTED, 2, 0]),
-        torch.tensor([*REQUESTED, UNKNOWN_LABEL, UNKNOWN_LABEL]),
+        torch.tensor([*REQUESTED, IGNORE_INDEX, IGNORE_INDEX]),
         FORMS,
     )
     assert scores.num_scored == 6

@@ -17,10 +17,10 @@ from staria.data.preprocess import (
     build_index,
     iter_legacy_path_list,
     merge_index,
-    scan_midi_files,
 )
 from staria.data.slurm_index import cluster_launcher_settings, submit_index
 from staria.data.synthetic import SynthesisConfig, synthesize
+from staria.midi_io import scan_midi_files
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,7 +16,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -28,16 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
-from staria.data.labels import PieceLabels, labels_path
-from staria.midi_io import FAMILIES, read_notes
+from staria.data.labels import SPLITS, PieceLabels, labels_path
+from staria.midi_io import FAMILIES, read_notes, scan_midi_files
 from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle, PieceLimits
 
-SPLITS = ("train", "val", "test")
-MIDI_SUFFIXES = (".mid", ".midi")
 NO_SECTION = 255
 COMPLETE_MARKER = "COMPLETE"
 INDEX_FORMAT_VERSION = 2
-log = logging.getLogger(__name__)
 FILES_PER_WORKER = 64
 
 
@@ -115,47 +111,6 @@ class LabelledSequence:
     ids: np.ndarray
     section_ids: np.ndarray
     sections: tuple[tuple[str, int, int], ...]
-
-
-def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]:
-    """Sorted MIDI files under the given folders (or the files themselves); first `limit` if > 0.
-
-    A folder that cannot be listed (permissions, a path too long) is logged and skipped; a
-    source that is neither a file nor a folder is a `FileNotFoundError` naming it.
-    """
-    files: set[Path] = set()
-    for source in map(Path, sources):
-        if source.is_file():
-            files.add(source.resolve())
-        elif source.is_dir():
-            seen: set[tuple[int, int]] = set()  # folders by (device, inode): links loop
-            for folder, subfolders, names in os.walk(source, onerror=_unlisted, followlinks=True):
-                try:
-                    status = os.stat(folder)
-                except OSError as error:
-                    _unlisted(error)
-                    subfolders.clear()
-                    continue
-                identity = (status.st_dev, status.st_ino)
-                if identity in seen:
-                    subfolders.clear()
-                    continue
-                seen.add(identity)
-                for name in names:
-                    path = Path(folder) / name
-                    try:
-                        if path.suffix.lower() in MIDI_SUFFIXES and path.is_file():
-                            files.add(path.resolve())
-                    except OSError as error:
-                        _unlisted(error)
-        else:
-            raise FileNotFoundError(f"MIDI source {source} is neither a file nor a folder")
-    ordered = sorted(files)
-    return ordered[:limit] if limit > 0 else ordered
-
-
-def _unlisted(error: OSError) -> None:
-    log.warning("skipping %s: %s", error.filename, error.strerror)
 
 
 def fingerprint(files: Sequence[Path], settings: IndexSettings) -> str:

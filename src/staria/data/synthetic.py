@@ -27,6 +27,7 @@ from staria.midi_io import (
     MidiReadError,
     MidiSource,
     read_notes,
+    scan_midi_files,
 )
 from staria.tokenizer import FORMS, GENRES, TIME_STEP_MS, MusicTokenizerWithStyle
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("generated", "stitched")
 DEFAULT_FORMS = ("AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
-MIDI_SUFFIXES = (".mid", ".midi")
 METADATA_FILE = "metadata.json"
 MAX_FIT_ATTEMPTS = 8
 # One tick is one millisecond (120 bpm, 500 ticks per beat), so written times stay on the ms grid.
@@ -544,9 +544,8 @@ def _usable_sources(config: SynthesisConfig) -> list[SourceFile]:
     for source_dir in config.source_dirs:
         metadata_path = source_dir / METADATA_FILE
         metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-        paths = sorted(p for p in source_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
-        for path in paths:
-            relative = path.relative_to(source_dir).as_posix()
+        for path in scan_midi_files([source_dir]):
+            relative = path.relative_to(source_dir.resolve()).as_posix()
             try:
                 notes = read_notes(path)
             except MidiReadError as error:

@@ -23,11 +23,11 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from staria.data.datasets import IGNORE_INDEX  # no label asked for: left out of every score
 from staria.evaluation.samples import GeneratedSample
 
 # (tokens [B, T] long, token_mask [B, T] bool, True on real tokens) -> [B] indices or [B, C] logits
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-UNKNOWN_LABEL = -100  # a sample that asked for no label of this task; left out of every score
 TASKS = ("form", "style")
 
 
@@ -80,7 +80,7 @@ def predict_classes(
 def requested_classes(
     samples: Sequence[GeneratedSample], task: str, class_names: Sequence[str]
 ) -> torch.Tensor:
-    """Index of what each sample asked for under `task` ("form" or "style"); unknown: -100."""
+    """Index of what each sample asked for under `task` ("form" or "style"), or IGNORE_INDEX."""
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
     index = {name: i for i, name in enumerate(class_names)}
@@ -89,7 +89,7 @@ def requested_classes(
         label = getattr(sample, task)
         if label is not None and label not in index:
             raise ValueError(f"sample {sample.name}: {task} {label!r} is not one of {class_names}")
-        labels.append(UNKNOWN_LABEL if label is None else index[label])
+        labels.append(IGNORE_INDEX if label is None else index[label])
     return torch.tensor(labels, dtype=torch.long)
 
 
@@ -98,7 +98,7 @@ def score_classes(
 ) -> ClassificationScores:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix, skipping unknown labels."""
     num_classes = len(class_names)
-    common = {"num_classes": num_classes, "ignore_index": UNKNOWN_LABEL}
+    common = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
 
     def per_class(metric) -> dict[str, float]:
         values = metric(predicted, requested, average="none", **common).tolist()
@@ -108,7 +108,7 @@ def score_classes(
     return ClassificationScores(
         task=task,
         class_names=tuple(class_names),
-        num_scored=int((requested != UNKNOWN_LABEL).sum()),
+        num_scored=int((requested != IGNORE_INDEX).sum()),
         accuracy=float(multiclass_accuracy(predicted, requested, average="micro", **common)),
         macro_f1=float(multiclass_f1_score(predicted, requested, average="macro", **common)),
         precision=per_class(multiclass_precision),

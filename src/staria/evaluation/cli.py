@@ -411,9 +411,9 @@ INPUT_ERRORS = (EvaluationInputError, ManifestError, CheckpointError)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        path = run(args)
+        with torch.no_grad():  # not set_grad_enabled: a caller in the same process keeps grad
+            path = run(args)
     except INPUT_ERRORS as error:
         print(f"staria-eval {args.command}: {error}", file=sys.stderr)
         return 2

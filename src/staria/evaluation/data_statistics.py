@@ -17,9 +17,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from staria.data.labels import STYLE_KEYS, PieceLabels, labels_path
-from staria.data.synthetic import MIDI_SUFFIXES
 from staria.evaluation.notes import TokenTable, sectioned_notes
-from staria.midi_io import MidiReadError
+from staria.midi_io import MidiReadError, scan_midi_files
 from staria.tokenizer import MusicTokenizerWithStyle, Token
 
 ALL_SPLITS = "all"
@@ -191,9 +190,9 @@ def load_pieces(
     Returns the pieces and the (file, reason) pairs of the files that could not be tokenized.
     """
     tokenizer = tokenizer or MusicTokenizerWithStyle()
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     pieces, skipped = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES):
+    for path in scan_midi_files([folder]):
         name = path.relative_to(folder).as_posix()
         try:
             ids = tokenizer.tokenize_ids(path)

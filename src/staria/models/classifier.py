@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from staria.models.encoder import SnippetEncoder
+from staria.tokenizer import FORMS, SECTION_LETTERS
 
-NUM_FORMS = 9  # <A> <AB> <ABC> <ABA> <ABAB> <ABAC> <ABCA> <ABCB> <ABCD>
-NUM_SECTIONS = 4  # A-D
+NUM_FORMS = len(FORMS)
+NUM_SECTIONS = len(SECTION_LETTERS)
 
 
 @dataclass

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from staria.data.labels import PieceLabels, Section, labels_path
-from staria.data.preprocess import TokenLayout, scan_midi_files
+from staria.data.preprocess import TokenLayout
 from staria.generation.checkpoint import load_checkpoint
-from staria.midi_io import MidiReadError, read_notes
+from staria.midi_io import MidiReadError, read_notes, scan_midi_files
 from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from staria.data.datasets import IGNORE_INDEX
 from staria.training import safe_loading
 from staria.training.safe_loading import plain
 from staria.training.stages import StageSchedule
@@ -51,9 +52,9 @@ def sequence_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.T
 
     The targets are shifted rather than the logits: slicing [B,T,V] logits would copy them.
     """
-    targets = torch.full_like(tokens, -100)
-    targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    targets = torch.full_like(tokens, IGNORE_INDEX)
+    targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], IGNORE_INDEX)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
     return StepLoss(loss, loss_mask[:, 1:].sum())
 
 
@@ -69,9 +70,9 @@ def chunked_sequence_loss(
     counts are projected, `chunk_tokens` rows at a time, each chunk's logits recomputed in
     the backward pass (activation checkpointing) instead of kept. Same loss and gradients as
     `sequence_loss` up to float summation order."""
-    targets = torch.full_like(tokens, -100)
-    targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
-    keep = targets.flatten() != -100
+    targets = torch.full_like(tokens, IGNORE_INDEX)
+    targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], IGNORE_INDEX)
+    keep = targets.flatten() != IGNORE_INDEX
     rows, labels = hidden.flatten(0, 1)[keep], targets.flatten()[keep]
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(rows), chunk_tokens):

@@ -4,12 +4,13 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from staria.data.datasets import IGNORE_INDEX
 from staria.models.classifier import ClassifierLogits
 from staria.training.tasks.base import StepLoss, TrainingTask
 
 
 class ClassifierTask(TrainingTask):
-    """Sum of three cross entropies; labels -100 (unknown style, unlabelled token) are skipped."""
+    """Sum of three cross entropies; IGNORE_INDEX labels (unknown style, unlabelled token) skip."""
 
     data_task = "classification"
 
@@ -21,7 +22,7 @@ class ClassifierTask(TrainingTask):
         self.accuracy = torch.nn.ModuleDict(
             {
                 f"{split}_{head}": MulticlassAccuracy(
-                    getattr(self.net, f"{head}_head").out_features, ignore_index=-100
+                    getattr(self.net, f"{head}_head").out_features, ignore_index=IGNORE_INDEX
                 )
                 for split in ("val", "test")
                 for head in self.heads
@@ -43,7 +44,7 @@ class ClassifierTask(TrainingTask):
         losses = [
             F.cross_entropy(getattr(logits, head).flatten(0, -2), labels[head].flatten())
             for head in self.heads
-            if (labels[head] != -100).any()
+            if (labels[head] != IGNORE_INDEX).any()
         ]
         return StepLoss(torch.stack(losses).sum(), batch["token_mask"].sum())
 
