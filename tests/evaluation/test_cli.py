@@ -16,6 +16,7 @@ from staria.data.preprocess import CachedSplit, TokenLayout
 from staria.evaluation.cli import main
 from staria.evaluation.notes import TokenKind, TokenTable
 from staria.generation.generate import generate
+from staria.generation.judge import answer_token_ids
 from staria.paths import REPO_ROOT
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 
@@ -43,7 +44,7 @@ def evaluated(tmp_path_factory) -> dict[str, Path]:
     eval_dir = root / "evaluation"
     args = ["samples", str(gen_dir), "--reference", str(val), "--classifier", str(classifier)]
     assert main([*args, "--out", str(eval_dir), "--audio-seconds", "2"]) == 0
-    return {"gen_dir": gen_dir, "eval_dir": eval_dir, "val": val, "root": root}
+    return {"gen_dir": gen_dir, "eval_dir": eval_dir, "val": val, "root": root, "staria": staria}
 
 
 def test_samples_writes_structure_and_classifier_metrics(evaluated):
@@ -140,8 +141,16 @@ def test_hidden_tokens_are_those_the_classification_data_drops():
     table = TokenTable.from_tokenizer(tokenizer)
     # The ids the classification dataset removes do not depend on the split.
     source = PieceSource(split=None, layout=TokenLayout(tokenizer))
-    hidden = table.ids_of(TokenKind.FORM, TokenKind.SECTION)
+    hidden = answer_token_ids(tokenizer)
     assert sorted(hidden.tolist()) == sorted(source.structure_ids.tolist())
+    assert sorted(hidden.tolist()) == sorted(table.ids_of(TokenKind.FORM, TokenKind.SECTION))
+
+
+def test_a_checkpoint_that_is_not_a_classifier_is_refused_by_name(evaluated, tmp_path, capsys):
+    args = ["samples", str(evaluated["gen_dir"]), "--classifier", str(evaluated["staria"])]
+    assert main([*args, "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err
+    assert f"--classifier {evaluated['staria']}: holds a StariaModel" in error
 
 
 def test_wandb_evaluation_attaches_to_the_training_run(evaluated, tmp_path, monkeypatch):

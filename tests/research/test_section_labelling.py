@@ -7,15 +7,16 @@ from training.runs import first_train_batch
 
 from staria.data.datamodule import MidiDataModule
 from staria.data.labels import PieceLabels, labels_path
-from staria.midi_io import read_notes
-from staria.research.phases import last_checkpoint
-from staria.research.section_labelling import (
+from staria.generation.judge import ClassifierJudge
+from staria.generation.section_labelling import (
     LABELLING_REPORT,
     SectionLabeller,
     canonical_letters,
-    classifier_section_predictor,
+    classifier_labeller,
     smooth_note_letters,
 )
+from staria.midi_io import read_notes
+from staria.research.phases import last_checkpoint
 from staria.research.wake_sleep import label_phase
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 
@@ -112,11 +113,16 @@ def test_a_trained_classifier_labels_real_midi_that_the_data_module_reads(
     assert sorted(int(batch["snippet_mask"][r].any(-1).sum()) for r in range(6)) == distinct
 
 
-def test_the_classifier_predictor_reports_its_training_length(classifier_run):
-    predict, window = classifier_section_predictor(last_checkpoint(classifier_run))
-    assert window == 256
+def test_the_classifier_labeller_reads_what_its_encoder_can_read(classifier_run):
+    labeller = classifier_labeller(last_checkpoint(classifier_run))
+    judge = ClassifierJudge(last_checkpoint(classifier_run))
+    # the run's data fed 256 tokens; its encoder's positions reach at least that far
+    assert labeller.window_tokens == judge.max_len == min(256, judge.net.encoder.net.max_seq_len)
     tokens = torch.randint(10, 1000, (1, 20))
-    assert predict(tokens, torch.ones_like(tokens, dtype=torch.bool)).shape == (1, 20, 4)
+    assert labeller.predict(tokens, torch.ones_like(tokens, dtype=torch.bool)).shape == (1, 20, 4)
+    too_long = torch.randint(10, 1000, (1, judge.max_len + 1))
+    with pytest.raises(ValueError, match=f"reads {judge.max_len}"):
+        judge.section_logits(too_long, torch.ones_like(too_long, dtype=torch.bool))
 
 
 def test_an_unreadable_file_is_reported_not_labelled(shared_midi_dir, tmp_path):

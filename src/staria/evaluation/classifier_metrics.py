@@ -1,14 +1,14 @@
 """Does a sample sound like the form (or style) it was asked for? A trained classifier decides.
 
-The classifier enters as a plain `predict(tokens, token_mask)` callable, so this module needs
-nothing from training; the scores themselves are torchmetrics'.
+The classifier enters as a plain `predict(tokens, token_mask)` callable (a
+`staria.generation.judge.ClassifierJudge` head in use); the scores themselves are torchmetrics'.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +25,8 @@ from torchmetrics.functional.classification import (
 
 from staria.data.datasets import IGNORE_INDEX  # no label asked for: left out of every score
 from staria.evaluation.samples import GeneratedSample
+from staria.generation.judge import Predictor, predict_classes
 
-# (tokens [B, T] long, token_mask [B, T] bool, True on real tokens) -> [B] indices or [B, C] logits
-Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TASKS = ("form", "style")
 
 
@@ -48,33 +47,6 @@ class ClassificationScores:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def predict_classes(
-    predict: Predictor,
-    sequences: Sequence[Sequence[int]],
-    pad_id: int,
-    hidden_ids: Collection[int] = (),
-    batch_size: int = 32,
-    max_len: int | None = None,
-) -> torch.Tensor:
-    """Class index per sequence: right-padded batches, `hidden_ids` (the form and section tokens,
-    which give the answer away) removed first, each sequence cut to `max_len`."""
-    hidden = np.asarray(sorted(hidden_ids), dtype=np.int64)
-    kept = [np.asarray(ids, dtype=np.int64) for ids in sequences]
-    kept = [ids[~np.isin(ids, hidden)][:max_len] for ids in kept]
-    predictions = []
-    for first in range(0, len(kept), batch_size):
-        batch = kept[first : first + batch_size]
-        tokens = torch.full((len(batch), max(len(ids) for ids in batch)), pad_id, dtype=torch.long)
-        mask = torch.zeros(tokens.shape, dtype=torch.bool)
-        for row, ids in enumerate(batch):
-            tokens[row, : len(ids)] = torch.from_numpy(ids)
-            mask[row, : len(ids)] = True
-        with torch.no_grad():
-            output = predict(tokens, mask)
-        predictions.append(output.argmax(dim=-1) if output.ndim == 2 else output)
-    return torch.cat(predictions).long()
 
 
 def requested_classes(

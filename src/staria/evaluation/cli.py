@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from staria.data.datasets import STYLE_VOCABULARIES
 from staria.data.labels import PieceLabels, labels_path
 from staria.data.preprocess import COMPLETE_MARKER, CachedSplit
 from staria.evaluation.audio import PREVIEW_SECONDS
@@ -37,7 +36,7 @@ from staria.evaluation.data_statistics import (
     load_pieces,
     save_statistics,
 )
-from staria.evaluation.notes import SectionedNotes, TokenKind, TokenTable, sectioned_notes
+from staria.evaluation.notes import SectionedNotes, TokenTable, sectioned_notes
 from staria.evaluation.report import log_to_wandb, render_samples, write_comparison, write_report
 from staria.evaluation.samples import GeneratedSample, ManifestError, read_manifest
 from staria.evaluation.structure_metrics import (
@@ -47,9 +46,9 @@ from staria.evaluation.structure_metrics import (
     reference_metrics,
     structure_metrics,
 )
-from staria.generation.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from staria.generation.checkpoint import CheckpointError
+from staria.generation.judge import ClassifierJudge, JudgeError
 from staria.generation.manifest import MANIFEST_FILE
-from staria.models import SequenceClassifier
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 from staria.training.resume import RESOLVED_CONFIG, load_stored_config, stored_wandb_run_id
 
@@ -101,52 +100,30 @@ def reference_pieces(
     return [(sectioned_notes(p.tokens, table), p.labels) for p in pieces]
 
 
-def head_logits(
-    net: SequenceClassifier, task: str, num_classes: int, tokens: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """One head's logits; the style head is as wide as the largest style vocabulary, so only the
-    classes of the run's style key are kept."""
-    return getattr(net(tokens, mask), task)[:, :num_classes]
-
-
-def classifier_input_len(loaded: LoadedCheckpoint) -> int:
-    """Longest input a classifier run scores: what its data fed it, within its encoder's reach."""
-    return min(int(loaded.data_settings.max_seq_len), loaded.net.encoder.net.max_seq_len)
-
-
 def classifier_scores(
     checkpoint: str | Path,
     samples: Sequence[GeneratedSample],
-    table: TokenTable,
-    tokenizer: MusicTokenizerWithStyle,
     out_dir: Path,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Form and style scores of a `ClassifierTask` checkpoint; a task no sample asked for is
     skipped. Form and section tokens are hidden, as the classifier never saw them in training."""
-    loaded = load_checkpoint(checkpoint)
-    net = loaded.net
-    if not isinstance(net, SequenceClassifier):
-        raise EvaluationInputError(
-            f"--classifier {checkpoint}: holds a {type(net).__name__}, not a SequenceClassifier"
-        )
-    data = loaded.data_settings
-    class_names = {"form": FORMS, "style": STYLE_VOCABULARIES[data.style_key]}
-    max_len = classifier_input_len(loaded)
-    hidden = table.ids_of(TokenKind.FORM, TokenKind.SECTION)
+    try:
+        judge = ClassifierJudge(checkpoint)
+    except JudgeError as error:
+        raise EvaluationInputError(f"--classifier {error}") from error
     metrics: dict[str, Any] = {}
     figures: dict[str, bytes] = {}
     for task in TASKS:
         if all(getattr(sample, task) is None for sample in samples):
             continue
-        names = class_names[task]
         scores = classify_samples(
-            partial(head_logits, net, task, len(names)),
+            partial(judge.head_logits, task),
             samples,
             task,
-            names,
-            tokenizer.pad_id,
-            hidden,
-            max_len=max_len,
+            judge.class_names[task],
+            judge.pad_id,
+            judge.hidden_ids,
+            max_len=judge.max_len,
         )
         save_scores(scores, out_dir)
         metrics[task] = {
@@ -276,7 +253,7 @@ def evaluate_samples(
         metrics["reference"] = reference_metrics([p for p, _ in refs], forms)
     figures: dict[str, bytes] = {}
     if classifier:
-        scores, figures = classifier_scores(classifier, samples, table, tokenizer, eval_dir)
+        scores, figures = classifier_scores(classifier, samples, eval_dir)
         metrics.update(scores)
     (eval_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
     settings = {

@@ -32,6 +32,7 @@ from staria.generation.prompts import (
     scratch_prompt,
 )
 from staria.generation.sampling import SamplingConfigError, SamplingSettings, sample_pieces
+from staria.generation.section_labelling import classifier_labeller
 from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
@@ -60,10 +61,7 @@ def data_split(loaded: LoadedCheckpoint, split: str) -> CachedSplit:
 
 def section_labeller(checkpoint: str) -> Labeller:
     """`prompt.labeller`: the wake-sleep section classifier as a file -> labels function."""
-    from staria.research.section_labelling import SectionLabeller, classifier_section_predictor
-
-    predict, window_tokens = classifier_section_predictor(checkpoint)
-    return SectionLabeller(predict, window_tokens=window_tokens).label
+    return classifier_labeller(checkpoint).label
 
 
 def conditioning_pieces(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout):

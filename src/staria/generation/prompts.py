@@ -29,7 +29,7 @@ from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
 
 PIANO_PREFIX = ("prefix", "instrument", "piano")
 STRUCTURES = ("labelled", "plain")
-# A MIDI file -> its section labels (the wake-sleep labeller: research.section_labelling).
+# A MIDI file -> its section labels (the wake-sleep labeller: generation.section_labelling).
 Labeller = Callable[[Path], PieceLabels]
 
 

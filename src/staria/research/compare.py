@@ -20,6 +20,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -29,12 +30,12 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from staria.data.preprocess import CachedSplit, find_index
-from staria.evaluation.classifier_metrics import classify_samples, predict_classes
-from staria.evaluation.cli import classifier_input_len
-from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
+from staria.evaluation.classifier_metrics import classify_samples
+from staria.evaluation.notes import TokenTable, sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.evaluation.structure_metrics import section_similarities, structure_metrics
 from staria.generation.checkpoint import RUN_CONFIG, load_checkpoint, read_run_config
+from staria.generation.judge import ClassifierJudge
 from staria.generation.manifest import MANIFEST_FILE
 from staria.paths import REPO_ROOT
 from staria.research.phases import (
@@ -107,26 +108,6 @@ class ReferenceRow:
     section_similarity_gap: float | None
 
 
-class FormJudge:
-    """A trained classifier run's form head, hiding the form and section tokens it must not see."""
-
-    def __init__(self, checkpoint: Path, table: TokenTable, pad_id: int) -> None:
-        loaded = load_checkpoint(checkpoint, "cpu")
-        self.net = loaded.net
-        self.max_len = classifier_input_len(loaded)
-        self.hidden_ids = table.ids_of(TokenKind.FORM, TokenKind.SECTION)
-        self.pad_id = pad_id
-
-    def predict(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        return self.net(tokens, token_mask).form
-
-    def predict_forms(self, sequences: Sequence[Sequence[int]]) -> list[str]:
-        predicted = predict_classes(
-            self.predict, sequences, self.pad_id, self.hidden_ids, max_len=self.max_len
-        )
-        return [FORMS[i] for i in predicted.tolist()]
-
-
 def metrics_csv(run_dir: Path) -> list[dict[str, str]]:
     """Every row Lightning's CSVLogger wrote for a run, over all its (re)start versions."""
     rows = []
@@ -196,9 +177,9 @@ def _pooled_similarities(sequences: Sequence[Sequence[int]], table: TokenTable):
     return mean_same, mean_different, gap
 
 
-def reference_row(dataset: str, run_dir: Path, judge: FormJudge, table: TokenTable):
+def reference_row(dataset: str, run_dir: Path, judge: ClassifierJudge, table: TokenTable):
     sequences, forms = held_out_sequences(run_dir)
-    predicted = judge.predict_forms(sequences)
+    predicted = judge.predict("form", sequences)
     known = [(p, f) for p, f in zip(predicted, forms, strict=True) if f is not None]
     accuracy = float(np.mean([p == f for p, f in known])) if known else None
     same, different, gap = _pooled_similarities(sequences, table)
@@ -212,7 +193,7 @@ def evaluate_model(
     run_dir: Path,
     samples_dir: Path,
     overrides: Sequence[str],
-    judge: FormJudge,
+    judge: ClassifierJudge,
     table: TokenTable,
 ) -> ModelRow:
     samples = read_manifest(samples_dir / MANIFEST_FILE)
@@ -220,7 +201,7 @@ def evaluate_model(
     reference = [sectioned_notes(ids, table).notes for ids in sequences]
     structure = structure_metrics(samples, table, reference)
     form = classify_samples(
-        judge.predict,
+        partial(judge.head_logits, "form"),
         samples,
         "form",
         FORMS,
@@ -351,7 +332,7 @@ def run_comparison(settings: CompareSettings) -> Path:
     classifier = run_train_phase(
         "classifier", CLASSIFIER_PRESET, root / "classifier", overrides
     ).folder
-    judge = FormJudge(last_checkpoint(classifier), table, tokenizer.pad_id)
+    judge = ClassifierJudge(last_checkpoint(classifier), tokenizer=tokenizer)
     datasets = {"synthetic": []}
     if settings.real:
         wake_dir = label_phase(

@@ -34,6 +34,10 @@ from staria.data.synthetic import SynthesisConfig
 from staria.evaluation.notes import TokenTable, sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.generation.manifest import MANIFEST_FILE
+from staria.generation.section_labelling import (
+    LABELLING_REPORT,
+    classifier_labeller,
+)
 from staria.paths import REPO_ROOT
 from staria.research.phases import (
     PhaseResult,
@@ -41,11 +45,6 @@ from staria.research.phases import (
     run_generate_phase,
     run_train_phase,
     train_config,
-)
-from staria.research.section_labelling import (
-    LABELLING_REPORT,
-    SectionLabeller,
-    classifier_section_predictor,
 )
 from staria.tokenizer import MusicTokenizerWithStyle
 
@@ -64,8 +63,7 @@ def label_phase(
     if (out_dir / LABELLING_REPORT).is_file():
         log.info("phase %s: %s is labelled, skipped", name, out_dir)
         return PhaseResult(name, out_dir, skipped=True)
-    predict, window = classifier_section_predictor(classifier_checkpoint)
-    SectionLabeller(predict, window_tokens=window).label_folder(sources, out_dir)
+    classifier_labeller(classifier_checkpoint).label_folder(sources, out_dir)
     return PhaseResult(name, out_dir, skipped=False)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from staria.data.labels import PieceLabels, Section, labels_path
 from staria.data.preprocess import TokenLayout
-from staria.generation.checkpoint import load_checkpoint
+from staria.generation.judge import ClassifierJudge
 from staria.midi_io import MidiReadError, read_notes, scan_midi_files
 from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
 
@@ -208,12 +208,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def classifier_section_predictor(checkpoint: str | Path) -> tuple[SectionPredictor, int]:
-    """The section head of a trained classifier run, and the sequence length it trained on."""
-    loaded = load_checkpoint(checkpoint, "cpu")
-    net = loaded.net
-
-    def predict(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        return net(tokens, token_mask).section
-
-    return predict, int(loaded.data_settings.max_seq_len)
+def classifier_labeller(checkpoint: str | Path, **settings) -> SectionLabeller:
+    """The labeller of a trained classifier run (`ClassifierJudge`'s section head), in windows of
+    what the classifier reads; `settings` go to `SectionLabeller` (e.g. `min_section_notes`)."""
+    judge = ClassifierJudge(checkpoint)
+    return SectionLabeller(judge.section_logits, window_tokens=judge.max_len, **settings)
