@@ -10,7 +10,7 @@ from staria.generation.generate import generate
 from staria.generation.prompts import scratch_prompt
 from staria.generation.sampling import SamplingConfigError, SamplingSettings, sample_pieces
 from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
-from staria.models.autoregressive import LogitsFilter
+from staria.models.autoregressive import LogitsFilter, LogitsFilterError
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
 
@@ -75,6 +75,22 @@ def test_settings_out_of_range_name_the_key(setting, key):
     with pytest.raises(SamplingConfigError, match=key.replace(".", r"\.")) as error:
         SamplingSettings(**setting)
     assert error.value.key == key
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"temperature": 0.05}, {"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"min_p": 1.0}],
+)
+def test_the_model_filter_and_the_cli_accept_the_same_settings(setting):
+    """One declaration of the ranges: what the CLI refuses, the model's filter refuses too."""
+    with pytest.raises(LogitsFilterError):
+        LogitsFilter(**setting)
+    with pytest.raises(SamplingConfigError):
+        SamplingSettings(**setting)
+
+
+def test_temperature_zero_is_greedy_from_the_command_line_too():
+    assert SamplingSettings(temperature=0).logits_filter.greedy
 
 
 def test_generate_rejects_temperature_from_the_command_line_before_loading_anything():

@@ -17,9 +17,7 @@ import torch
 from staria.data.collate import Collator
 from staria.generation.prompts import Prompt
 from staria.models import DecoderOnlyBaseline, StariaModel
-from staria.models.autoregressive import DecodingSpec, LogitsFilter
-
-TEMPERATURE_RANGE = (0.1, 2.0)
+from staria.models.autoregressive import DecodingSpec, LogitsFilter, LogitsFilterError
 
 
 class SamplingConfigError(ValueError):
@@ -43,17 +41,12 @@ class SamplingSettings:
     max_length: int = 1024
 
     def __post_init__(self) -> None:
-        low, high = TEMPERATURE_RANGE
-        if not low <= self.temperature <= high:
+        try:
+            self.logits_filter  # noqa: B018 - its ranges are checked where they are declared
+        except LogitsFilterError as error:
             raise SamplingConfigError(
-                "sampling.temperature", self.temperature, f"must lie in [{low}, {high}]"
-            )
-        if self.top_k is not None and self.top_k < 0:
-            raise SamplingConfigError("sampling.top_k", self.top_k, "must be >= 0 or null")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise SamplingConfigError("sampling.top_p", self.top_p, "must lie in (0, 1] or null")
-        if self.min_p is not None and not 0 <= self.min_p < 1:
-            raise SamplingConfigError("sampling.min_p", self.min_p, "must lie in [0, 1) or null")
+                f"sampling.{error.field}", error.value, error.reason
+            ) from None
         if self.max_length < 1:
             raise SamplingConfigError("sampling.max_length", self.max_length, "must be >= 1")
 

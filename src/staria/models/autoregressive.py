@@ -33,14 +33,40 @@ class ContextTooLongError(ValueError):
     """Cached decoding would run past the learned absolute positions of a model."""
 
 
+TEMPERATURE_RANGE = (0.1, 2.0)  # below 0.1 logits overflow in float16; 0 itself is greedy
+
+
+class LogitsFilterError(ValueError):
+    """A filter setting outside its range; `field` names it, the message gives the range."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"{field}={value!r}: {reason}")
+        self.field, self.value, self.reason = field, value, reason
+
+
 @dataclass(frozen=True)
 class LogitsFilter:
-    """Temperature and the truncation filters; `None` switches a filter off."""
+    """Temperature and the truncation filters; `None` switches a filter off. The one place
+    their ranges are declared: temperature 0 (greedy) or within `TEMPERATURE_RANGE`, top_k >= 0,
+    top_p in (0, 1], min_p in [0, 1); `LogitsFilterError` names the setting otherwise."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+
+    def __post_init__(self) -> None:
+        low, high = TEMPERATURE_RANGE
+        if self.temperature != 0 and not low <= self.temperature <= high:
+            raise LogitsFilterError(
+                "temperature", self.temperature, f"must be 0 (greedy) or lie in [{low}, {high}]"
+            )
+        if self.top_k is not None and self.top_k < 0:
+            raise LogitsFilterError("top_k", self.top_k, "must be >= 0 or null")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise LogitsFilterError("top_p", self.top_p, "must lie in (0, 1] or null")
+        if self.min_p is not None and not 0 <= self.min_p < 1:
+            raise LogitsFilterError("min_p", self.min_p, "must lie in [0, 1) or null")
 
     @property
     def greedy(self) -> bool:
