@@ -168,6 +168,15 @@ class MusicTokenizerWithStyle:
             raise ValueError(f"form {form!r} is not one of {FORMS}")
         return f"<{form}>"
 
+    @property
+    def staria_token_ids(self) -> tuple[int, ...]:
+        """Ids of the 15 tokens Staria adds after Aria's vocabulary: sections A-D, the prompt
+        markers and the 9 forms, in that order (the last 15 ids)."""
+        tokens = [self.section_token(letter) for letter in SECTION_LETTERS]
+        tokens += [self.prompt_start, self.prompt_end]
+        tokens += [self.form_token(form) for form in FORMS]
+        return tuple(self.encode(tokens))
+
     def tokenize(
         self, midi: MidiSource, add_dim_tok: bool = False, add_eos_tok: bool = True
     ) -> list[Token]:

@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from staria.models.staria import StariaModel
-from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
+from staria.tokenizer import MusicTokenizerWithStyle
+from staria.training.config import StageConfig
 
 STAGES = ("A", "B", "C")
 PARTS = ("encoder", "decoder", "new")  # `new`: cross-attention and adapters
@@ -43,15 +44,8 @@ def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
 
 @cache
 def staria_new_token_ids() -> tuple[int, ...]:
-    """Ids of the tokens Staria adds to Aria's vocabulary: section, prompt and form tokens."""
-    tokenizer = MusicTokenizerWithStyle()
-    tokens = [
-        *(tokenizer.section_token(letter) for letter in SECTION_LETTERS),
-        tokenizer.prompt_start,
-        tokenizer.prompt_end,
-        *(tokenizer.form_token(form) for form in FORMS),
-    ]
-    return tuple(tokenizer.encode(tokens))
+    """The tokenizer's `staria_token_ids`, built once: the rows stages A and B train."""
+    return MusicTokenizerWithStyle().staria_token_ids
 
 
 def token_row_parameters(model: StariaModel) -> list[nn.Parameter]:
@@ -97,10 +91,11 @@ class StageSchedule:
     """One training stage (A, B or C) and its unfreezing / learning-rate settings."""
 
     name: str
-    unfreeze_top_k: int = 1
-    unfreeze_every_n_steps: int = 100
+    # defaults: the `stage` group's schema (training/config.py), declared there once
+    unfreeze_top_k: int = StageConfig.unfreeze_top_k
+    unfreeze_every_n_steps: int = StageConfig.unfreeze_every_n_steps
     lr_scale: Mapping[str, float] = field(default_factory=dict)
-    train_new_token_rows: bool = True
+    train_new_token_rows: bool = StageConfig.train_new_token_rows
     new_token_ids: tuple[int, ...] = field(default_factory=staria_new_token_ids)
 
     def __post_init__(self) -> None:
@@ -117,15 +112,10 @@ class StageSchedule:
 
     @classmethod
     def from_config(cls, stage: Mapping) -> StageSchedule:
-        """From the `stage` config group: name, unfreeze_top_k, unfreeze_every_n_steps, lr_scale,
-        train_new_token_rows."""
-        return cls(
-            name=stage["name"],
-            unfreeze_top_k=stage.get("unfreeze_top_k", 1),
-            unfreeze_every_n_steps=stage.get("unfreeze_every_n_steps", 100),
-            lr_scale=dict(stage.get("lr_scale") or {}),
-            train_new_token_rows=stage.get("train_new_token_rows", True),
-        )
+        """From the `stage` config group (its keys are `StageConfig`'s; a missing one takes
+        the schema's default)."""
+        settings = {**vars(StageConfig()), **stage}
+        return cls(**settings | {"lr_scale": dict(settings["lr_scale"] or {})})
 
     @property
     def masks_token_rows(self) -> bool:
