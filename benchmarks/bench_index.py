@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from staria.data.preprocess import IndexSettings, build_index
-from staria.midi_io import MidiReadError, scan_midi_files
 from staria.paths import midi_dir
 from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
 
 
 def make_corpus(folder: Path, repeats: int) -> list[Path]:

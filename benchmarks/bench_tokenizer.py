@@ -19,9 +19,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pretty_midi
 import torch
 
-from staria.midi_io import MidiReadError
 from staria.paths import midi_dir
 from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError
 
 ARIA_FILES_PER_SECOND = 23.0  # Aria's own tokenizer on real piano MIDI on these machines (issue 2)
 COLD_START = """

@@ -1,6 +1,6 @@
 """mido 1.3.3 (Aria's MIDI reader) as the oracle for Staria's reader, and hostile files for it.
 
-Staria's reader is stricter than mido in two documented ways (`staria.midi_events`): it
+Staria's reader is stricter than mido in two documented ways (`staria.tokenizer.midi_events`): it
 refuses variable-length quantities over 4 bytes and SMPTE or zero time divisions. The oracle
 is mido with exactly those two rules added, so every other decision is mido's own.
 """
@@ -15,8 +15,15 @@ import mido
 import mido.midifiles.midifiles as mido_files
 import numpy as np
 
-from staria.midi_events import MAX_VLQ_BYTES, NOTE_OFF, NOTE_ON, PEDAL, PROGRAM, read_events
 from staria.paths import cases_dir
+from staria.tokenizer.midi_events import (
+    MAX_VLQ_BYTES,
+    NOTE_OFF,
+    NOTE_ON,
+    PEDAL,
+    PROGRAM,
+    read_events,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

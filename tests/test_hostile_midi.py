@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from midi_oracle import FIXTURES, case_folders, midi_file, mido_events, mido_file, raw_track_file
 
-from staria.midi_events import MAX_VLQ_VALUE, read_events, write_events
-from staria.midi_io import (
+from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
+from staria.tokenizer.midi_events import MAX_VLQ_VALUE, read_events, write_events
+from staria.tokenizer.midi_io import (
     DRUM_FAMILY_INDEX,
     FAMILIES,
     MAX_FILE_BYTES,
@@ -29,7 +30,6 @@ from staria.midi_io import (
     _sustained_ends,
     notes_to_midi_bytes,
 )
-from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
 
 _CASE_RUNNER = """
 import json, sys
@@ -352,7 +352,7 @@ def test_bytes_like_inputs_read_as_bytes():
 
 _OUT_OF_MEMORY = """
 import resource, sys
-from staria.midi_io import MidiReadError
+from staria.tokenizer.midi_io import MidiReadError
 from staria.tokenizer import MusicTokenizerWithStyle
 tokenizer = MusicTokenizerWithStyle()
 tokenizer.tokenize_ids(sys.argv[1])  # compile or load the compiled reader first

@@ -16,7 +16,7 @@ NOTICE = "compiling the MIDI reader with numba"
 FIRST_USE = """
 import time, staria
 assert staria.__file__.startswith({root!r}), staria.__file__
-from staria.midi_io import read_notes
+from staria.tokenizer.midi_io import read_notes
 started = time.process_time()
 read_notes({midi!r})
 print(f"cpu {{time.process_time() - started:.2f}}")

@@ -6,9 +6,9 @@ import mido
 import pytest
 from midi_oracle import midi_file, mido_accepts, mido_events, our_events
 
-from staria.midi_events import MidiFormatError, read_events
-from staria.midi_io import MidiReadError, read_notes
 from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_events import MidiFormatError, read_events
+from staria.tokenizer.midi_io import MidiReadError, read_notes
 
 ORACLE_FILES = [
     "aria-utils-tests/arabesque.mid",  # pedal in its own note-less track

@@ -18,8 +18,8 @@ import random
 import pytest
 from midi_oracle import FIXTURES, mido_events, mido_file, mutate, mutate_messages, our_events
 
-from staria.midi_events import MidiFormatError
-from staria.midi_io import MidiReadError
+from staria.tokenizer.midi_events import MidiFormatError
+from staria.tokenizer.midi_io import MidiReadError
 
 CASES = int(os.environ.get("STARIA_FUZZ_CASES", "3000"))
 SEED = int(os.environ.get("STARIA_FUZZ_SEED", "0"))

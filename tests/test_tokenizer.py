@@ -9,8 +9,8 @@ from aria_reference import VENDORED_FILES, VENDORED_VOCAB_SHA256, vocabulary_dig
 from aria_reference import folder as aria_folder
 from aria_reference import reference as aria_reference
 
-from staria.midi_io import MidiReadError
-from staria.tokenizer_cli import roundtrip_report, write_example_midi
+from staria.tokenizer.cli import roundtrip_report, write_example_midi
+from staria.tokenizer.midi_io import MidiReadError
 
 ARIA = aria_folder()
 _reference = aria_reference()

@@ -27,8 +27,8 @@ from processes import descendants, gone_within, running
 from staria.data.isolation import WorkerLimits
 from staria.data.labels import SPLITS
 from staria.data.preprocess import IndexSettings, build_index
-from staria.midi_io import MidiReadError, scan_midi_files
 from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
 
 STARIA_DATA = [sys.executable, "-c", "from staria.data.cli import main; main()"]
 

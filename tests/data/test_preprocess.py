@@ -22,8 +22,8 @@ from staria.data.preprocess import (
     split_of,
 )
 from staria.data.synthetic import SynthesisConfig, synthesize
-from staria.midi_io import scan_midi_files
 from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import scan_midi_files
 
 BAD_FILES = {
     "ValueError_Control168.mid",

@@ -13,7 +13,8 @@ from staria.data.synthetic import (
     labelled_length,
     synthesize,
 )
-from staria.evaluation.notes import TokenTable, sectioned_notes
+from staria.evaluation.notes import sectioned_notes
+from staria.tokenizer import TokenTable
 
 GENERATED = SynthesisConfig(
     pieces_per_form=4, seed=3, min_tokens=200, max_tokens=700, val_fraction=0.25

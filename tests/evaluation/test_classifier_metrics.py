@@ -15,9 +15,8 @@ from staria.evaluation.classifier_metrics import (
     save_scores,
     score_classes,
 )
-from staria.evaluation.notes import TokenKind, TokenTable
 from staria.evaluation.samples import GeneratedSample
-from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer import MusicTokenizerWithStyle, TokenKind, TokenTable
 
 FORMS = ("AB", "ABA", "ABC")
 # requested 0 0 1 1 1 2, predicted 0 1 1 1 0 2: one AB heard as ABA, one ABA heard as AB.

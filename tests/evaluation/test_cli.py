@@ -14,11 +14,9 @@ from hydra import compose, initialize_config_dir
 from staria.data.datasets import PieceSource
 from staria.data.preprocess import CachedSplit, TokenLayout
 from staria.evaluation.cli import main
-from staria.evaluation.notes import TokenKind, TokenTable
 from staria.generation.generate import generate
-from staria.generation.judge import answer_token_ids
 from staria.paths import REPO_ROOT
-from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenKind, TokenTable
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +139,7 @@ def test_hidden_tokens_are_those_the_classification_data_drops():
     table = TokenTable.from_tokenizer(tokenizer)
     # The ids the classification dataset removes do not depend on the split.
     source = PieceSource(split=None, layout=TokenLayout(tokenizer))
-    hidden = answer_token_ids(tokenizer)
+    hidden = np.asarray(tokenizer.structure_token_ids)
     assert sorted(hidden.tolist()) == sorted(source.structure_ids.tolist())
     assert sorted(hidden.tolist()) == sorted(table.ids_of(TokenKind.FORM, TokenKind.SECTION))
 

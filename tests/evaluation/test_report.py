@@ -14,9 +14,9 @@ import wandb
 from evaluation.midi_files import write_midi
 
 from staria.evaluation.audio import render_audio, wav_bytes
-from staria.evaluation.notes import TokenTable
 from staria.evaluation.report import SampleMedia, log_to_wandb, render_samples, write_report
 from staria.evaluation.samples import GeneratedSample
+from staria.tokenizer import TokenTable
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from evaluation.midi_files import write_midi
 
-from staria.evaluation.notes import TokenKind, TokenTable, sectioned_notes
+from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.samples import GeneratedSample
 from staria.evaluation.structure_metrics import (
     MEANINGS,
@@ -20,8 +20,8 @@ from staria.evaluation.structure_metrics import (
     texture,
     wilson_interval,
 )
-from staria.midi_io import NoteTable, read_notes
-from staria.tokenizer import SEGMENT_MS
+from staria.tokenizer import SEGMENT_MS, TokenKind, TokenTable
+from staria.tokenizer.midi_io import NoteTable, read_notes
 
 # Three rising notes, 500 ms apart (A), and a repeated D at the same pace (B).
 A_NOTES = [(60, 0, 500), (64, 500, 500), (67, 1000, 500)]

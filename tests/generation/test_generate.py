@@ -19,9 +19,9 @@ from staria.generation.generate import generate
 from staria.generation.manifest import OutputFolderError
 from staria.generation.prompts import PromptError, piece_from_split
 from staria.generation.sampling import SamplingConfigError
-from staria.midi_io import read_notes
 from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import read_notes
 
 TOKENIZER = MusicTokenizerWithStyle()
 MANIFEST_SAMPLE_KEYS = {"file", "form", "style", "token_ids", "prompt_ids", "ended_with_eos"}

@@ -15,10 +15,10 @@ from staria.generation.section_labelling import (
     classifier_labeller,
     smooth_note_letters,
 )
-from staria.midi_io import read_notes
 from staria.research.phases import last_checkpoint
 from staria.research.wake_sleep import label_phase
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import read_notes
 
 PROMPTS = "aria-example-prompts"
 

@@ -57,7 +57,7 @@ class SnippetAugmenter:
         factor = float(rng.uniform(1 - self.max_tempo_change, 1 + self.max_tempo_change))
         # The stretch rebuilds a whole piece (prefix, <S>, notes); keep only the notes.
         stretched = tok.augment_tempo_ids(ids, factor)
-        body = stretched[int(np.flatnonzero(stretched == tok.bos_id)[0]) + 1 :]
+        body = stretched[tok.body_start(stretched) :]
         return np.concatenate([snippet[:1], body])
 
 
@@ -80,19 +80,13 @@ class PieceSource:
         self.bos_id, self.eos_id, self.pad_id = tok.bos_id, tok.eos_id, tok.pad_id
         self.prompt_start_id = tok.token_to_id[tok.prompt_start]
         self.prompt_end_id = tok.token_to_id[tok.prompt_end]
-        self.structure_ids = np.array(
-            [*layout.section_id.values(), *(tok.token_to_id[tok.form_token(f)] for f in FORMS)]
-        )
+        self.structure_ids = np.array(tok.structure_token_ids)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def record(self, piece: int) -> PieceRecord:
         return self.split.pieces[piece]
-
-    def body_start(self, ids: np.ndarray) -> int:
-        """Index just after `<S>`: everything before is the prefix every crop keeps."""
-        return int(np.flatnonzero(ids == self.bos_id)[0]) + 1
 
     def sections(self, piece: int, ids: np.ndarray) -> tuple[tuple[str, int, int], ...]:
         """The piece's `(letter, start, end)` spans; an unlabelled piece is one A section.
@@ -104,7 +98,7 @@ class PieceSource:
         if labelled:
             return labelled
         end = len(ids) - int(ids[-1] == self.eos_id)
-        return (("A", self.body_start(ids), end),)
+        return (("A", self.layout.tokenizer.body_start(ids), end),)
 
     def note_starts(self, ids: np.ndarray, low: int, high: int) -> np.ndarray:
         """Positions in `[low, high)` where a note begins: the only clean places to cut."""
@@ -125,7 +119,7 @@ class PieceSource:
         """Positions of at most `max_len` tokens: the prefix through `<S>` plus a random window."""
         if len(ids) <= max_len:
             return np.arange(len(ids))
-        head = self.body_start(ids)
+        head = self.layout.tokenizer.body_start(ids)
         start = self.window_start(ids, head, len(ids), max_len - head, rng)
         return np.concatenate([np.arange(head), np.arange(start, start + max_len - head)])
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
 from staria.data.labels import SPLITS, PieceLabels, labels_path
-from staria.midi_io import FAMILIES, read_notes, scan_midi_files
 from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle, PieceLimits
+from staria.tokenizer.midi_io import FAMILIES, read_notes, scan_midi_files
 
 NO_SECTION = 255
 COMPLETE_MARKER = "COMPLETE"
@@ -177,7 +177,7 @@ class TokenLayout:
         Notes outside every labelled section join the section before them.
         """
         tok = self.tokenizer
-        bos_at = int(np.flatnonzero(ids == tok.bos_id)[0])
+        bos_at = tok.body_start(ids) - 1
         has_eos = ids[-1] == tok.eos_id
         body = ids[bos_at + 1 : len(ids) - int(has_eos)]
         note_pos = np.flatnonzero(self.note_length[body] > 0)

@@ -18,7 +18,8 @@ import numpy as np
 import symusic
 
 from staria.data.labels import SPLITS, PieceLabels, Section, labels_path
-from staria.midi_io import (
+from staria.tokenizer import FORMS, GENRES, TIME_STEP_MS, MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import (
     DRUM,
     DRUM_FAMILY_INDEX,
     FAMILIES,
@@ -29,7 +30,6 @@ from staria.midi_io import (
     read_notes,
     scan_midi_files,
 )
-from staria.tokenizer import FORMS, GENRES, TIME_STEP_MS, MusicTokenizerWithStyle
 
 log = logging.getLogger(__name__)
 

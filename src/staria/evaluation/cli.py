@@ -36,7 +36,7 @@ from staria.evaluation.data_statistics import (
     load_pieces,
     save_statistics,
 )
-from staria.evaluation.notes import SectionedNotes, TokenTable, sectioned_notes
+from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.report import log_to_wandb, render_samples, write_comparison, write_report
 from staria.evaluation.samples import GeneratedSample, ManifestError, read_manifest
 from staria.evaluation.structure_metrics import (
@@ -49,7 +49,7 @@ from staria.evaluation.structure_metrics import (
 from staria.generation.checkpoint import CheckpointError
 from staria.generation.judge import ClassifierJudge, JudgeError
 from staria.generation.manifest import MANIFEST_FILE
-from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenTable
 from staria.training.resume import RESOLVED_CONFIG, load_stored_config, stored_wandb_run_id
 
 METRICS_FILE = "metrics.json"

@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from staria.data.labels import STYLE_KEYS, PieceLabels, labels_path
-from staria.evaluation.notes import TokenTable, sectioned_notes
-from staria.midi_io import MidiReadError, scan_midi_files
-from staria.tokenizer import MusicTokenizerWithStyle, Token
+from staria.evaluation.notes import sectioned_notes
+from staria.tokenizer import MusicTokenizerWithStyle, Token, TokenTable
+from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
 
 ALL_SPLITS = "all"
 UNSPLIT = "unsplit"

@@ -10,75 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
-from staria.midi_io import FAMILIES, NoteTable
-from staria.tokenizer import (
-    END,
-    FORMS,
-    SECTION_LETTERS,
-    SEGMENT_MS,
-    TIME,
-    MusicTokenizerWithStyle,
-    Token,
-)
-
-
-class TokenKind(IntEnum):
-    OTHER = 0
-    NOTE = 1
-    ONSET = 2
-    DUR = 3
-    TIME = 4
-    SECTION = 5
-    FORM = 6
-    END = 7
-
-
-@dataclass(frozen=True)
-class TokenTable:
-    """Per-id lookup arrays: `kind[id]`, `value[id]` (pitch, ms or section letter index) and,
-    for notes, `family[id]` (index into `FAMILIES`) and `velocity[id]`."""
-
-    kind: np.ndarray
-    value: np.ndarray
-    family: np.ndarray
-    velocity: np.ndarray
-
-    @classmethod
-    def from_vocab(cls, vocab: Sequence[Token]) -> TokenTable:
-        kind = np.full(len(vocab), TokenKind.OTHER, dtype=np.int8)
-        value = np.zeros(len(vocab), dtype=np.int64)
-        family = np.zeros(len(vocab), dtype=np.int64)
-        velocity = np.zeros(len(vocab), dtype=np.int64)
-        sections = {f"<{letter}_SECTION>": i for i, letter in enumerate(SECTION_LETTERS)}
-        forms = {f"<{form}>" for form in FORMS}
-        for token_id, token in enumerate(vocab):
-            if isinstance(token, tuple) and len(token) == 3 and token[0] in FAMILIES:
-                kind[token_id], value[token_id] = TokenKind.NOTE, token[1]
-                family[token_id], velocity[token_id] = FAMILIES.index(token[0]), token[2]
-            elif isinstance(token, tuple) and token[0] in ("onset", "dur"):
-                kind[token_id] = TokenKind.ONSET if token[0] == "onset" else TokenKind.DUR
-                value[token_id] = token[1]
-            elif token == TIME:
-                kind[token_id] = TokenKind.TIME
-            elif token == END:
-                kind[token_id] = TokenKind.END
-            elif token in sections:
-                kind[token_id], value[token_id] = TokenKind.SECTION, sections[token]
-            elif token in forms:
-                kind[token_id] = TokenKind.FORM
-        return cls(kind, value, family, velocity)
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: MusicTokenizerWithStyle) -> TokenTable:
-        return cls.from_vocab(tokenizer.decode(list(range(tokenizer.vocab_size()))))
-
-    def ids_of(self, *kinds: TokenKind) -> np.ndarray:
-        """All ids of these kinds, e.g. the form and section tokens a classifier must not see."""
-        return np.flatnonzero(np.isin(self.kind, kinds))
+from staria.tokenizer import SECTION_LETTERS, SEGMENT_MS, TokenKind, TokenTable
+from staria.tokenizer.midi_io import NoteTable
 
 
 @dataclass(frozen=True)

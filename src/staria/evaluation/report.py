@@ -21,10 +21,11 @@ import wandb
 from PIL import Image
 
 from staria.evaluation.audio import PREVIEW_SAMPLE_RATE, PREVIEW_SECONDS, render_audio, wav_bytes
-from staria.evaluation.notes import TokenTable, sectioned_notes
+from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.piano_roll import sample_figure_png
 from staria.evaluation.samples import GeneratedSample
 from staria.evaluation.structure_metrics import decodes_to_midi
+from staria.tokenizer import TokenTable
 
 PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

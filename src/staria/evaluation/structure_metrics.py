@@ -1,7 +1,7 @@
 """Metrics on generated samples that need no classifier: form, section self-similarity, texture.
 
 Definitions (and why these) are in docs/evaluation.md. Everything works on note arrays
-(`staria.midi_io.NoteTable`), never note by note.
+(`staria.tokenizer.midi_io.NoteTable`), never note by note.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from staria.evaluation.notes import SectionedNotes, TokenTable, sectioned_notes
+from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.samples import GeneratedSample
-from staria.midi_io import MidiReadError, NoteTable, read_notes
+from staria.tokenizer import TokenTable
+from staria.tokenizer.midi_io import MidiReadError, NoteTable, read_notes
 
 # Rhythm bins (ms) shared by inter-onset intervals and durations: roughly log-spaced, so a
 # 16th at 120 bpm (125 ms) and a half note (1 s) land in different bins.

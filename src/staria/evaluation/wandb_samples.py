@@ -18,13 +18,13 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from staria.data.preprocess import TokenLayout
-from staria.evaluation.notes import TokenTable
 from staria.evaluation.report import log_to_wandb, render_samples
 from staria.evaluation.samples import read_manifest
 from staria.generation.manifest import write_samples
 from staria.generation.prompts import conditioned_prompt, piece_from_split
 from staria.generation.sampling import SamplingSettings, SamplingTiming, sample_pieces
 from staria.models import DecoderOnlyBaseline, StariaModel
+from staria.tokenizer import TokenTable
 
 PREFIX = "val_samples"
 

@@ -19,7 +19,7 @@ import torch
 from staria.data.datasets import STYLE_VOCABULARIES
 from staria.generation.checkpoint import load_checkpoint
 from staria.models import SequenceClassifier
-from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
+from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 
 # (tokens [B, T] long, token_mask [B, T] bool, True on real tokens) -> [B] indices or [B, C] logits
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,13 +27,6 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class JudgeError(ValueError):
     """A checkpoint that is not a classification run; names the file."""
-
-
-def answer_token_ids(tokenizer: MusicTokenizerWithStyle) -> np.ndarray:
-    """Ids of the form and section tokens: a classifier is trained without them."""
-    tokens = [tokenizer.form_token(form) for form in FORMS]
-    tokens += [tokenizer.section_token(letter) for letter in SECTION_LETTERS]
-    return np.asarray(tokenizer.encode(tokens), dtype=np.int64)
 
 
 def predict_classes(
@@ -89,7 +82,7 @@ class ClassifierJudge:
         self.class_names = {"form": FORMS, "style": tuple(STYLE_VOCABULARIES[data.style_key])}
         tokenizer = tokenizer or MusicTokenizerWithStyle()
         self.pad_id = tokenizer.pad_id
-        self.hidden_ids = answer_token_ids(tokenizer)
+        self.hidden_ids = np.asarray(tokenizer.structure_token_ids, dtype=np.int64)
 
     def head_logits(self, task: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] of the `form` or `style` head; the style head is as wide as the largest

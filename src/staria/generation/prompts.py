@@ -24,8 +24,8 @@ import numpy as np
 from staria.data.datasets import SequenceSettings, section_snippets
 from staria.data.labels import LabelFormatError, PieceLabels, Section, labels_path
 from staria.data.preprocess import CachedSplit, TokenLayout
-from staria.midi_io import MidiReadError, read_notes
 from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError, read_notes
 
 PIANO_PREFIX = ("prefix", "instrument", "piano")
 STRUCTURES = ("labelled", "plain")
@@ -113,7 +113,7 @@ def piece_from_midi(
         elif labels_path(path).is_file():
             labels, sections_from = PieceLabels.load(labels_path(path)), "labels"
         else:
-            body_start = int(np.flatnonzero(ids == layout.tokenizer.bos_id)[0]) + 1
+            body_start = layout.tokenizer.body_start(ids)
             end = len(ids) - int(ids[-1] == layout.tokenizer.eos_id)
             return ConditioningPiece(str(path), ids, (("A", body_start, end),), None, None, "whole")
         sequence = layout.labelled_sequence(ids, notes.start_ms / 1000.0, labels)
@@ -135,7 +135,7 @@ def piece_from_split(split: CachedSplit, index: int, tokenizer: MusicTokenizerWi
     ids = split.tokens(index)
     sections, sections_from = record.sections, "labels"
     if not sections:
-        body_start = int(np.flatnonzero(ids == tokenizer.bos_id)[0]) + 1
+        body_start = tokenizer.body_start(ids)
         sections = (("A", body_start, len(ids) - int(ids[-1] == tokenizer.eos_id)),)
         sections_from = "whole"
     source = f"{record.path} (piece {index} of {split.folder})"
@@ -144,7 +144,7 @@ def piece_from_split(split: CachedSplit, index: int, tokenizer: MusicTokenizerWi
 
 def instrument_prefix(ids: np.ndarray, tokenizer: MusicTokenizerWithStyle) -> np.ndarray:
     """The prefix tokens before `<S>` and the form token (instruments, as the tokenizer wrote)."""
-    head = ids[: int(np.flatnonzero(ids == tokenizer.bos_id)[0])]
+    head = ids[: tokenizer.body_start(ids) - 1]
     form_ids = [tokenizer.token_to_id[tokenizer.form_token(form)] for form in FORMS]
     return head[~np.isin(head, form_ids)]
 
@@ -153,7 +153,7 @@ def opening_body(piece: ConditioningPiece, layout: TokenLayout, continue_s: floa
     """The tokens after `<S>` through the last note starting within `continue_s` seconds of the
     piece's first note (section tokens included where the piece has them)."""
     tok = layout.tokenizer
-    body_start = int(np.flatnonzero(piece.ids == tok.bos_id)[0]) + 1
+    body_start = tok.body_start(piece.ids)
     if continue_s <= 0:
         return piece.ids[body_start:body_start]
     notes = tok.ids_to_notes(piece.ids)

@@ -25,8 +25,8 @@ import torch
 from staria.data.labels import PieceLabels, Section, labels_path
 from staria.data.preprocess import TokenLayout
 from staria.generation.judge import ClassifierJudge
-from staria.midi_io import MidiReadError, read_notes, scan_midi_files
 from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError, read_notes, scan_midi_files
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class SectionLabeller:
     def token_letters(self, ids: np.ndarray) -> np.ndarray:
         """Predicted section index of every token; the prefix through `<S>` leads every window."""
         tok = self.layout.tokenizer
-        head_len = int(np.flatnonzero(ids == tok.bos_id)[0]) + 1
+        head_len = tok.body_start(ids)
         body_len = max(1, self.window_tokens - head_len)
         letters = np.zeros(len(ids), dtype=np.int64)
         for start in range(head_len, max(len(ids), head_len + 1), body_len):
@@ -153,7 +153,7 @@ class SectionLabeller:
         """The labels of one file; raises `MidiReadError` or `LabellingError`."""
         notes = read_notes(Path(midi_path).read_bytes())
         ids = self.layout.tokenizer.notes_to_ids(notes)
-        body_start = int(np.flatnonzero(ids == self.layout.tokenizer.bos_id)[0]) + 1
+        body_start = self.layout.tokenizer.body_start(ids)
         note_pos = body_start + np.flatnonzero(self.layout.note_length[ids[body_start:]] > 0)
         if len(note_pos) == 0 or len(note_pos) != len(notes):
             raise LabellingError(f"{midi_path}: {len(note_pos)} note tokens, {len(notes)} notes")

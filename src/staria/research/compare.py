@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from staria.data.preprocess import CachedSplit, find_index
 from staria.evaluation.classifier_metrics import classify_samples
-from staria.evaluation.notes import TokenTable, sectioned_notes
+from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.evaluation.structure_metrics import section_similarities, structure_metrics
 from staria.generation.checkpoint import RUN_CONFIG, load_checkpoint, read_run_config
@@ -45,7 +45,7 @@ from staria.research.phases import (
     train_config,
 )
 from staria.research.wake_sleep import label_phase
-from staria.tokenizer import FORMS, MusicTokenizerWithStyle
+from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenTable
 from staria.training.tasks.base import parameter_counts
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ import torch
 from staria.data.datamodule import synthetic_pieces
 from staria.data.labels import PieceLabels, Section, labels_path
 from staria.data.synthetic import SynthesisConfig
-from staria.evaluation.notes import TokenTable, sectioned_notes
+from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.generation.manifest import MANIFEST_FILE
 from staria.generation.section_labelling import (
@@ -46,7 +46,7 @@ from staria.research.phases import (
     run_train_phase,
     train_config,
 )
-from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """MIDI files -> note arrays with Aria's timing: the part of tokenization that touches MIDI.
 
-`staria.midi_events` reads the bytes (compiled); everything here works on whole arrays or in
-small compiled kernels, never note by note in Python. The rules are Aria's: notes pair within
-a track per (channel, pitch), a program change anywhere sets the instrument of its channel,
-the sustain pedal is per channel across tracks, and times come from Aria's own tick->ms sum.
+`staria.tokenizer.midi_events` reads the bytes (compiled); everything here works on whole
+arrays or in small compiled kernels, never note by note in Python. The rules are Aria's: notes
+pair within a track per (channel, pitch), a program change anywhere sets the instrument of its
+channel, the sustain pedal is per channel across tracks, and times come from Aria's own
+tick->ms sum.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pretty_midi
 from numba import njit
 
-from staria.midi_events import (
+from staria.tokenizer.midi_events import (
     NOTE_OFF,
     NOTE_ON,
     PEDAL,
@@ -30,7 +31,9 @@ from staria.midi_events import (
     read_events,
     write_events,
 )
-from staria.midi_events import SUSTAIN_PEDAL_CC as SUSTAIN_PEDAL_CC  # used by MIDI writers
+from staria.tokenizer.midi_events import (
+    SUSTAIN_PEDAL_CC as SUSTAIN_PEDAL_CC,  # used by MIDI writers
+)
 
 log = logging.getLogger(__name__)
 

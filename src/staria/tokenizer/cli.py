@@ -12,8 +12,8 @@ import pretty_midi
 from rich.console import Console
 from rich.table import Table
 
-from staria.midi_io import MidiReadError, read_notes, scan_midi_files
 from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError, read_notes, scan_midi_files
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """MusicTokenizerWithStyle: Aria-compatible tokens <-> ids <-> MIDI, plus token-level augmentation.
 
-Ids 0..17,726 are aria-utils' `AbsTokenizer` default vocabulary in its order, so Aria's
-checkpoints and datasets load unchanged; Staria's section, prompt and form tokens follow.
-Tokenization works on whole arrays of notes (see `staria.midi_io`), never note by note.
+The ids are `staria.tokenizer.vocabulary`'s. Tokenization works on whole arrays of notes (see
+`staria.tokenizer.midi_io`), never note by note.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from staria.midi_io import (
+from staria.tokenizer.midi_io import (
     DRUM,
     DRUM_FAMILY_INDEX,
     FAMILIES,
-    PITCHED_FAMILIES,
     PROGRAM_GROUP_FAMILIES,
     AriaNotes,
     MidiReadError,
@@ -27,29 +25,27 @@ from staria.midi_io import (
     read_notes,
     source_name,
 )
+from staria.tokenizer.vocabulary import (
+    DIM,
+    DRUM_PITCHES,
+    END,
+    FORMS,
+    MAX_DUR_MS,
+    MAX_VELOCITY,
+    PAD,
+    PROMPT_END,
+    PROMPT_START,
+    SECTION_LETTERS,
+    SEGMENT_MS,
+    START,
+    TIME,
+    TIME_STEP_MS,
+    UNKNOWN,
+    VELOCITY_STEP,
+    Token,
+    build_vocabulary,
+)
 
-Token = str | tuple
-
-__all__ = ["MidiReadError", "MusicTokenizerWithStyle", "PieceLimits", "Token"]
-
-START, END, PAD, UNKNOWN, DIM, TIME = "<S>", "<E>", "<P>", "<U>", "<D>", "<T>"
-SPECIAL_TOKENS = (START, END, PAD, UNKNOWN, DIM, TIME)
-COMPOSERS = (
-    "bach", "beethoven", "mozart", "chopin", "rachmaninoff", "liszt",
-    "debussy", "schubert", "brahms", "ravel", "satie", "scarlatti",
-)  # fmt: skip
-PIECE_FORMS = ("sonata", "prelude", "nocturne", "étude", "waltz", "mazurka", "impromptu", "fugue")
-GENRES = ("jazz", "classical")
-SECTION_LETTERS = ("A", "B", "C", "D")
-FORMS = ("A", "AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
-PROMPT_START, PROMPT_END = "<PROMPT_START>", "<PROMPT_END>"
-
-TIME_STEP_MS = 10
-SEGMENT_MS = 5000
-MAX_DUR_MS = 5000
-VELOCITY_STEP = 10
-MAX_VELOCITY = 120
-DRUM_PITCHES = range(35, 82)
 DIM_TOKEN_OFFSET = 100
 DRUM_NOTE_MS = 100  # drum tokens carry no duration; hits are written this long
 
@@ -71,30 +67,6 @@ class PieceLimits:
     def __post_init__(self) -> None:
         if not (self.max_duration_s > 0 and self.max_tokens > 0):
             raise ValueError(f"piece limits must be positive, got {self}")
-
-
-def build_vocabulary() -> tuple[Token, ...]:
-    """All tokens in id order: Aria's `AbsTokenizer` default vocabulary, then Staria's tokens."""
-    prefixes = [
-        *(("prefix", "instrument", family) for family in FAMILIES),
-        *(("prefix", "composer", composer) for composer in COMPOSERS),
-        *(("prefix", "form", form) for form in PIECE_FORMS),
-        *(("prefix", "genre", genre) for genre in GENRES),
-    ]
-    velocities = range(0, MAX_VELOCITY + 1, VELOCITY_STEP)
-    notes = [(family, p, v) for family in PITCHED_FAMILIES for p in range(128) for v in velocities]
-    return (
-        *SPECIAL_TOKENS,
-        *prefixes,
-        *notes,
-        *((DRUM, pitch) for pitch in DRUM_PITCHES),
-        *(("dur", ms) for ms in range(0, MAX_DUR_MS + 1, TIME_STEP_MS)),
-        *(("onset", ms) for ms in range(0, SEGMENT_MS, TIME_STEP_MS)),
-        *(f"<{letter}_SECTION>" for letter in SECTION_LETTERS),
-        PROMPT_START,
-        PROMPT_END,
-        *(f"<{form}>" for form in FORMS),
-    )
 
 
 def nearest_on_grid_table(max_value: int, grid: range) -> np.ndarray:
@@ -167,6 +139,20 @@ class MusicTokenizerWithStyle:
         if form not in FORMS:
             raise ValueError(f"form {form!r} is not one of {FORMS}")
         return f"<{form}>"
+
+    def body_start(self, ids: np.ndarray) -> int:
+        """Index just after the first `<S>` of `ids`: the instrument prefix (and a form token)
+        come before it, the piece's body after; `ValueError` when `ids` holds no `<S>`."""
+        starts = np.flatnonzero(np.asarray(ids) == self.bos_id)
+        if len(starts) == 0:
+            raise ValueError("token ids hold no <S>: not a piece sequence")
+        return int(starts[0]) + 1
+
+    @property
+    def structure_token_ids(self) -> tuple[int, ...]:
+        """Ids of the section and form tokens: the structure a classifier must not be shown."""
+        tokens = [self.section_token(letter) for letter in SECTION_LETTERS]
+        return tuple(self.encode(tokens + [self.form_token(form) for form in FORMS]))
 
     @property
     def staria_token_ids(self) -> tuple[int, ...]:

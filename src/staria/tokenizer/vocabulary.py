@@ -1,0 +1,123 @@
+"""The vocabulary: every token, its id, and the per-id tables the rest of Staria reads.
+
+Ids 0..17,726 are aria-utils' `AbsTokenizer` default vocabulary in its order (special tokens,
+instrument/composer/form/genre prefixes, (instrument, pitch, velocity) notes, drums, durations,
+onsets), so Aria's checkpoints and datasets load unchanged; Staria's 15 tokens follow: the
+section tokens A-D, the prompt markers and the 9 form tokens. `TokenTable` gives each id's
+kind and value as arrays, for code that reads ids in bulk (evaluation, classifiers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from staria.tokenizer.midi_io import DRUM, FAMILIES, PITCHED_FAMILIES
+
+if TYPE_CHECKING:
+    from staria.tokenizer.codec import MusicTokenizerWithStyle
+
+Token = str | tuple
+
+
+START, END, PAD, UNKNOWN, DIM, TIME = "<S>", "<E>", "<P>", "<U>", "<D>", "<T>"
+SPECIAL_TOKENS = (START, END, PAD, UNKNOWN, DIM, TIME)
+COMPOSERS = (
+    "bach", "beethoven", "mozart", "chopin", "rachmaninoff", "liszt",
+    "debussy", "schubert", "brahms", "ravel", "satie", "scarlatti",
+)  # fmt: skip
+PIECE_FORMS = ("sonata", "prelude", "nocturne", "étude", "waltz", "mazurka", "impromptu", "fugue")
+GENRES = ("jazz", "classical")
+SECTION_LETTERS = ("A", "B", "C", "D")
+FORMS = ("A", "AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
+PROMPT_START, PROMPT_END = "<PROMPT_START>", "<PROMPT_END>"
+
+TIME_STEP_MS = 10
+SEGMENT_MS = 5000
+MAX_DUR_MS = 5000
+VELOCITY_STEP = 10
+MAX_VELOCITY = 120
+DRUM_PITCHES = range(35, 82)
+
+
+def build_vocabulary() -> tuple[Token, ...]:
+    """All tokens in id order: Aria's `AbsTokenizer` default vocabulary, then Staria's tokens."""
+    prefixes = [
+        *(("prefix", "instrument", family) for family in FAMILIES),
+        *(("prefix", "composer", composer) for composer in COMPOSERS),
+        *(("prefix", "form", form) for form in PIECE_FORMS),
+        *(("prefix", "genre", genre) for genre in GENRES),
+    ]
+    velocities = range(0, MAX_VELOCITY + 1, VELOCITY_STEP)
+    notes = [(family, p, v) for family in PITCHED_FAMILIES for p in range(128) for v in velocities]
+    return (
+        *SPECIAL_TOKENS,
+        *prefixes,
+        *notes,
+        *((DRUM, pitch) for pitch in DRUM_PITCHES),
+        *(("dur", ms) for ms in range(0, MAX_DUR_MS + 1, TIME_STEP_MS)),
+        *(("onset", ms) for ms in range(0, SEGMENT_MS, TIME_STEP_MS)),
+        *(f"<{letter}_SECTION>" for letter in SECTION_LETTERS),
+        PROMPT_START,
+        PROMPT_END,
+        *(f"<{form}>" for form in FORMS),
+    )
+
+
+class TokenKind(IntEnum):
+    OTHER = 0
+    NOTE = 1
+    ONSET = 2
+    DUR = 3
+    TIME = 4
+    SECTION = 5
+    FORM = 6
+    END = 7
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """Per-id lookup arrays: `kind[id]`, `value[id]` (pitch, ms or section letter index) and,
+    for notes, `family[id]` (index into `FAMILIES`) and `velocity[id]`."""
+
+    kind: np.ndarray
+    value: np.ndarray
+    family: np.ndarray
+    velocity: np.ndarray
+
+    @classmethod
+    def from_vocab(cls, vocab: Sequence[Token]) -> TokenTable:
+        kind = np.full(len(vocab), TokenKind.OTHER, dtype=np.int8)
+        value = np.zeros(len(vocab), dtype=np.int64)
+        family = np.zeros(len(vocab), dtype=np.int64)
+        velocity = np.zeros(len(vocab), dtype=np.int64)
+        sections = {f"<{letter}_SECTION>": i for i, letter in enumerate(SECTION_LETTERS)}
+        forms = {f"<{form}>" for form in FORMS}
+        for token_id, token in enumerate(vocab):
+            if isinstance(token, tuple) and len(token) == 3 and token[0] in FAMILIES:
+                kind[token_id], value[token_id] = TokenKind.NOTE, token[1]
+                family[token_id], velocity[token_id] = FAMILIES.index(token[0]), token[2]
+            elif isinstance(token, tuple) and token[0] in ("onset", "dur"):
+                kind[token_id] = TokenKind.ONSET if token[0] == "onset" else TokenKind.DUR
+                value[token_id] = token[1]
+            elif token == TIME:
+                kind[token_id] = TokenKind.TIME
+            elif token == END:
+                kind[token_id] = TokenKind.END
+            elif token in sections:
+                kind[token_id], value[token_id] = TokenKind.SECTION, sections[token]
+            elif token in forms:
+                kind[token_id] = TokenKind.FORM
+        return cls(kind, value, family, velocity)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: MusicTokenizerWithStyle) -> TokenTable:
+        return cls.from_vocab(tokenizer.decode(list(range(tokenizer.vocab_size()))))
+
+    def ids_of(self, *kinds: TokenKind) -> np.ndarray:
+        """All ids of these kinds, e.g. the form and section tokens a classifier must not see."""
+        return np.flatnonzero(np.isin(self.kind, kinds))
