@@ -29,20 +29,28 @@ def tokenizer() -> MusicTokenizerWithStyle:
 
 
 @pytest.fixture(autouse=True)
-def _forget_wandb_service():
-    """A W&B run started in the test process leaves WANDB_SERVICE set; a later subprocess (a
-    SLURM job) would attach to that service, which still holds the killed run's id as in use."""
+def _process_state_is_left_as_found():
+    """A test that leaves the process changed fails, naming what: environment variables, and
+    torch's process-wide settings (grad mode, threads, default dtype). An entrypoint called
+    in-process must not change them for its caller, nor one test for the next.
+
+    One exception is cleaned up rather than reported: a W&B run started in the test process
+    leaves WANDB_SERVICE set; a later subprocess (a SLURM job) would attach to that service,
+    which still holds the killed run's id as in use."""
+    environment = dict(os.environ)
+    torch_state = torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype()
     yield
     os.environ.pop("WANDB_SERVICE", None)
-
-
-@pytest.fixture(autouse=True)
-def _torch_global_state_is_left_as_found():
-    """A test that changes torch's process-wide settings (grad mode, threads, default dtype)
-    fails, naming them: an entrypoint called in-process must not change them for its caller."""
-    before = torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype()
-    yield
+    changed = sorted(
+        key
+        for key in set(environment) | set(os.environ)
+        if environment.get(key) != os.environ.get(key) and key != "PYTEST_CURRENT_TEST"
+    )
     after = torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype()
     names = ("grad mode", "threads", "default dtype")
-    changed = [f"{n}: {a} -> {b}" for n, a, b in zip(names, before, after, strict=True) if a != b]
-    assert not changed, f"torch global state changed: {changed}"
+    changed += [
+        f"torch {n}: {a} -> {b}"
+        for n, a, b in zip(names, torch_state, after, strict=True)
+        if a != b
+    ]
+    assert not changed, f"the test changed process state: {changed}"
