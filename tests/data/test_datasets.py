@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
+from staria.data.cache import CachedSplit
 from staria.data.collate import Collator, LengthBucketBatchSampler
 from staria.data.datasets import (
     IGNORE_INDEX,
@@ -15,7 +16,8 @@ from staria.data.datasets import (
     SequenceSettings,
     SnippetAugmenter,
 )
-from staria.data.preprocess import CachedSplit, IndexSettings, TokenLayout, build_index
+from staria.data.preprocess import IndexSettings, build_index
+from staria.data.sequences import TokenLayout
 from staria.data.synthetic import SynthesisConfig, synthesize
 from staria.tokenizer import FORMS, GENRES
 

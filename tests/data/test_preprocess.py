@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from staria.data.cache import NO_SECTION, CachedSplit, IncompleteIndexError
+from staria.data.labels import SPLITS
 from staria.data.preprocess import (
-    NO_SECTION,
-    SPLITS,
-    CachedSplit,
-    IncompleteIndexError,
     IndexSettings,
     UnsafeLegacyCacheError,
     build_index,

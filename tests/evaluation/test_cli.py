@@ -12,8 +12,9 @@ import pytest
 from generation.runs import train_tiny_run
 from hydra import compose, initialize_config_dir
 
+from staria.data.cache import CachedSplit
 from staria.data.datasets import PieceSource
-from staria.data.preprocess import CachedSplit, TokenLayout
+from staria.data.sequences import TokenLayout
 from staria.evaluation.cli import main
 from staria.evaluation.notes import sectioned_notes
 from staria.generation.generate import generate

@@ -11,8 +11,9 @@ import pytest
 from generation.runs import train_tiny_run
 from hydra import compose, initialize_config_dir
 
+from staria.data.cache import CachedSplit
 from staria.data.datasets import PieceSource, SequenceSettings, section_snippets
-from staria.data.preprocess import CachedSplit, TokenLayout
+from staria.data.sequences import TokenLayout
 from staria.evaluation.samples import read_manifest
 from staria.generation.checkpoint import load_checkpoint
 from staria.generation.generate import generate

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from staria.data.preprocess import CachedSplit, IndexSettings, build_index
+from staria.data.cache import CachedSplit
+from staria.data.preprocess import IndexSettings, build_index
 from staria.data.slurm_index import cluster_launcher_settings, submit_index
 from staria.paths import midi_dir
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from staria.data.cache import COMPLETE_MARKER, CachedSplit, IncompleteIndexError
 from staria.data.collate import Collator, LengthBucketBatchSampler
 from staria.data.datasets import (
     ClassificationDataset,
@@ -32,16 +33,13 @@ from staria.data.datasets import (
     SnippetAugmenter,
 )
 from staria.data.preprocess import (
-    COMPLETE_MARKER,
-    CachedSplit,
-    IncompleteIndexError,
     IndexResult,
     IndexSettings,
-    TokenLayout,
     build_index,
     exclusive_lock,
     find_index,
 )
+from staria.data.sequences import TokenLayout
 from staria.data.synthetic import SynthesisConfig, synthesize
 from staria.data.workers import init_worker
 from staria.tokenizer import MusicTokenizerWithStyle

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
-from staria.data.preprocess import NO_SECTION, CachedSplit, PieceRecord, TokenLayout
+from staria.data.cache import NO_SECTION, CachedSplit, PieceRecord
+from staria.data.sequences import TokenLayout
 from staria.tokenizer import (
     COMPOSERS,
     FORMS,

@@ -21,32 +21,23 @@ import pickle
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from staria.data.cache import COMPLETE_MARKER, NO_SECTION, IncompleteIndexError
 from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
 from staria.data.labels import SPLITS, PieceLabels, labels_path
-from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle, PieceLimits
-from staria.tokenizer.midi_io import FAMILIES, read_notes, scan_midi_files
+from staria.data.sequences import TokenLayout
+from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
+from staria.tokenizer.midi_io import read_notes, scan_midi_files
 
-NO_SECTION = 255
-COMPLETE_MARKER = "COMPLETE"
 INDEX_FORMAT_VERSION = 2
 FILES_PER_WORKER = 64
 
 
-class IncompleteIndexError(RuntimeError):
-    """A cache folder or shard set that a finished run would have completed, and did not."""
-
-
 class UnsafeLegacyCacheError(PermissionError):
     """Refusal to unpickle a legacy cache without the flag that acknowledges pickle runs code."""
-
-
-class LabelAlignmentError(ValueError):
-    """Labels whose section timeline does not line up with the notes the tokenizer kept."""
 
 
 @dataclass(frozen=True)
@@ -92,27 +83,6 @@ class IndexResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class PieceRecord:
-    """One indexed piece: its source, content hash, labels and section spans in its sequence."""
-
-    path: str
-    sha256: str
-    num_tokens: int
-    form: str | None = None
-    style: dict[str, str | None] | None = None
-    sections: tuple[tuple[str, int, int], ...] = ()
-
-
-@dataclass(frozen=True)
-class LabelledSequence:
-    """A decoder sequence with section tokens, per-token section ids and `[start, end)` spans."""
-
-    ids: np.ndarray
-    section_ids: np.ndarray
-    sections: tuple[tuple[str, int, int], ...]
-
-
 def fingerprint(files: Sequence[Path], settings: IndexSettings) -> str:
     """Hash of the file list (paths, sizes, mtimes, labels) and settings: the cache's identity."""
     digest = hashlib.sha256(json.dumps([INDEX_FORMAT_VERSION, asdict(settings)]).encode())
@@ -147,67 +117,6 @@ def split_of(sha256: str, settings: IndexSettings, label_split: str | None = Non
     if draw < settings.test_fraction + settings.val_fraction:
         return "val"
     return "train"
-
-
-class TokenLayout:
-    """Per-id lookups the labelled-sequence builder needs, built once per tokenizer."""
-
-    def __init__(self, tokenizer: MusicTokenizerWithStyle) -> None:
-        self.tokenizer = tokenizer
-        self.note_length = np.array(
-            [
-                (2 if token[0] == "drum" else 3)
-                if isinstance(token, tuple) and token[0] in FAMILIES
-                else 0
-                for token in tokenizer.vocab
-            ],
-            dtype=np.int64,
-        )
-        self.section_id = {
-            letter: tokenizer.token_to_id[tokenizer.section_token(letter)]
-            for letter in SECTION_LETTERS
-        }
-
-    def labelled_sequence(
-        self, ids: np.ndarray, onset_seconds: np.ndarray, labels: PieceLabels
-    ) -> LabelledSequence:
-        """`[prefix..., <FORM>, <S>, <A_SECTION>, A notes..., <B_SECTION>, ..., <E>]`.
-
-        Time-shift tokens before a note travel with it, so a section token precedes them.
-        Notes outside every labelled section join the section before them.
-        """
-        tok = self.tokenizer
-        bos_at = tok.body_start(ids) - 1
-        has_eos = ids[-1] == tok.eos_id
-        body = ids[bos_at + 1 : len(ids) - int(has_eos)]
-        note_pos = np.flatnonzero(self.note_length[body] > 0)
-        if len(note_pos) != len(onset_seconds):
-            raise LabelAlignmentError(
-                f"{len(note_pos)} note tokens but {len(onset_seconds)} notes with onsets"
-            )
-        raw = labels.section_of_onsets(onset_seconds)
-        inside = np.flatnonzero(raw >= 0)
-        if len(inside) == 0:
-            raise LabelAlignmentError("no note falls inside any labelled section")
-        last_inside = np.maximum.accumulate(np.where(raw >= 0, np.arange(len(raw)), -1))
-        occurrence = raw[np.where(last_inside < 0, inside[0], last_inside)]
-        opens = np.flatnonzero(np.diff(occurrence, prepend=-1) != 0)
-        previous = note_pos[np.maximum(opens - 1, 0)]
-        insert_at = np.where(opens == 0, 0, previous + self.note_length[body[previous]])
-        letters = [labels.sections[occurrence[note]].letter for note in opens]
-        new_body = np.insert(body, insert_at, [self.section_id[letter] for letter in letters])
-        head = np.concatenate([ids[:bos_at], [tok.token_to_id[tok.form_token(labels.form)]]])
-        head = np.concatenate([head, [tok.bos_id]])
-        tail = np.array([tok.eos_id] if has_eos else [], dtype=np.int64)
-        sequence = np.concatenate([head, new_body, tail]).astype(np.int64)
-        marks = len(head) + insert_at + np.arange(len(insert_at))
-        ends = np.append(marks[1:], len(head) + len(new_body))
-        section_ids = np.full(len(sequence), NO_SECTION, dtype=np.uint8)
-        spans = []
-        for letter, mark, end in zip(letters, marks, ends, strict=True):
-            section_ids[mark:end] = SECTION_LETTERS.index(letter)
-            spans.append((letter, int(mark) + 1, int(end)))
-        return LabelledSequence(sequence, section_ids, tuple(spans))
 
 
 def _file_indexer(settings: IndexSettings) -> tuple[TokenLayout, bool]:
@@ -607,64 +516,6 @@ def _counts(split_dirs: dict[str, Path]) -> dict[str, int]:
         split: json.loads((folder / "index.json").read_text())["num_pieces"]
         for split, folder in split_dirs.items()
     }
-
-
-class CachedSplit:
-    """Read side of one split folder: memory-mapped tokens, offsets, section ids, piece records.
-
-    Arrays open lazily and are not pickled, so DataLoader workers each map the files themselves.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        if not (self.folder / COMPLETE_MARKER).is_file():
-            raise IncompleteIndexError(f"{self.folder} has no {COMPLETE_MARKER} marker")
-        index = json.loads((self.folder / "index.json").read_text())
-        self.split: str = index["split"]
-        self.pieces = [
-            PieceRecord(
-                p["path"],
-                p["sha256"],
-                p["num_tokens"],
-                p["form"],
-                p["style"],
-                tuple((s[0], s[1], s[2]) for s in p["sections"]),
-            )
-            for p in index["pieces"]
-        ]
-        self.offsets = np.load(self.folder / "offsets.npy")
-
-    def __len__(self) -> int:
-        return len(self.pieces)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_tokens", None)
-        state.pop("_section_ids", None)
-        return state
-
-    @cached_property
-    def _tokens(self) -> np.ndarray:
-        return np.load(self.folder / "tokens.npy", mmap_mode="r")
-
-    @cached_property
-    def _section_ids(self) -> np.ndarray | None:
-        path = self.folder / "section_ids.npy"
-        return np.load(path, mmap_mode="r") if path.is_file() else None
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def tokens(self, piece: int) -> np.ndarray:
-        """Token ids of one piece as int64 (a copy, safe to modify)."""
-        return self._tokens[self.offsets[piece] : self.offsets[piece + 1]].astype(np.int64)
-
-    def section_ids(self, piece: int) -> np.ndarray:
-        """Per-token section letter index (0 = A), `NO_SECTION` where the piece has no label."""
-        if self._section_ids is None:
-            return np.full(self.lengths[piece], NO_SECTION, dtype=np.uint8)
-        return np.asarray(self._section_ids[self.offsets[piece] : self.offsets[piece + 1]])
 
 
 def iter_legacy_path_list(

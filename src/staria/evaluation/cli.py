@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from staria.data.cache import COMPLETE_MARKER, CachedSplit
 from staria.data.labels import PieceLabels, labels_path
-from staria.data.preprocess import COMPLETE_MARKER, CachedSplit
 from staria.evaluation.audio import PREVIEW_SECONDS
 from staria.evaluation.classifier_metrics import TASKS, classify_samples, confusion_png, save_scores
 from staria.evaluation.data_statistics import (

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from staria.data.preprocess import TokenLayout
+from staria.data.sequences import TokenLayout
 from staria.evaluation.report import log_to_wandb, render_samples
 from staria.evaluation.samples import read_manifest
 from staria.generation.manifest import write_samples

@@ -17,8 +17,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from staria.data.cache import CachedSplit
 from staria.data.datasets import SequenceSettings
-from staria.data.preprocess import CachedSplit, TokenLayout, find_index
+from staria.data.preprocess import find_index
+from staria.data.sequences import TokenLayout
 from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint, training_provenance
 from staria.generation.config import register_configs
 from staria.generation.manifest import check_output_folder, write_samples

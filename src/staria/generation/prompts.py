@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from staria.data.cache import CachedSplit
 from staria.data.datasets import SequenceSettings, section_snippets
 from staria.data.labels import LabelFormatError, PieceLabels, Section, labels_path
-from staria.data.preprocess import CachedSplit, TokenLayout
+from staria.data.sequences import TokenLayout
 from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import MidiReadError, read_notes
 

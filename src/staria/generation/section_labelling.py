@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from staria.data.labels import PieceLabels, Section, labels_path
-from staria.data.preprocess import TokenLayout
+from staria.data.sequences import TokenLayout
 from staria.generation.judge import ClassifierJudge
 from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import MidiReadError, read_notes, scan_midi_files

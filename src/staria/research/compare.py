@@ -29,7 +29,8 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from staria.data.preprocess import CachedSplit, find_index
+from staria.data.cache import CachedSplit
+from staria.data.preprocess import find_index
 from staria.evaluation.classifier_metrics import classify_samples
 from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.samples import read_manifest
