@@ -4,9 +4,9 @@ The reference is x-transformers' `return_intermediates` / `cache=` loop, which i
 `generate_with_cache` ran before the static cache: a window of the last `max_seq_len` tokens,
 the self-attention cache trimmed to `max_seq_len - 1` keys as it slides, and the left-pad mask
 following the window. Nets are drawn at random: layout (default or Aria), cross-attention with
-adapters or not, depth, heads, batch, left pads, context padding (including a row with none),
-prompt length and decode length (past `max_seq_len` for rotary nets). Gates and adapters get
-non-zero values so the branches they open are checked too.
+adapters or not, activation checkpointing or not, depth, heads, batch, left pads, context
+padding (including a row with none), prompt length and decode length (past `max_seq_len` for
+rotary nets). Gates and adapters get non-zero values so the branches they open are checked too.
 """
 
 import random
@@ -45,6 +45,7 @@ def random_case(seed: int) -> dict:
         aria_layout=aria,
         cross_attend=cross,
         adapter_dim=rng.choice([0, 4]) if cross else 0,
+        activation_checkpointing=rng.random() < 0.3,
     ).eval()
     with torch.no_grad():
         for name, parameter in net.named_parameters():
