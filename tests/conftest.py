@@ -28,6 +28,15 @@ def tokenizer() -> MusicTokenizerWithStyle:
     return MusicTokenizerWithStyle()
 
 
+@pytest.fixture(scope="module")
+def module_data_cache(tmp_path_factory):
+    """A data cache of the module's own (`STARIA_DATA_CACHE`), unset again when it ends."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("data_cache")
+        patch.setenv("STARIA_DATA_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def _process_state_is_left_as_found():
     """A test that leaves the process changed fails, naming what: environment variables, and

@@ -1,7 +1,5 @@
 """A briefly trained comparison classifier, shared by the tests of this folder."""
 
-import os
-
 import pytest
 from research.tiny import TINY_TRAINING
 
@@ -12,13 +10,9 @@ from staria.research.phases import last_checkpoint, run_train_phase
 def research_cache(tmp_path_factory):
     """Keep the synthetic pieces and indexes of these tests out of the repository's cache."""
     folder = tmp_path_factory.mktemp("research_cache")
-    previous = os.environ.get("STARIA_DATA_CACHE")
-    os.environ["STARIA_DATA_CACHE"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("STARIA_DATA_CACHE", None)
-    else:
-        os.environ["STARIA_DATA_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STARIA_DATA_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="package")

@@ -14,6 +14,7 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 from training.runs import synthetic_datamodule
@@ -114,6 +115,8 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(
     examples, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # spawned ranks: one thread each
+    # Lightning would set MASTER_PORT in this process for good; set here, it is unset after
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
     fit(examples, tmp_path / "single", devices=1)
     fit(examples, tmp_path / "ddp", devices=2)
 

@@ -44,9 +44,7 @@ from staria.training.train import (
 SIX_STEPS = ("trainer.max_steps=6",)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_cache(tmp_path_factory):
-    os.environ["STARIA_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+pytestmark = pytest.mark.usefixtures("module_data_cache")
 
 
 @pytest.fixture(scope="module")

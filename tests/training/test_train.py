@@ -1,7 +1,6 @@
 """The real `conf/` composed and shrunk (tiny nets, synthetic data, CPU), run through `train`."""
 
 import json
-import os
 import re
 
 import lightning.pytorch as pl
@@ -22,9 +21,7 @@ TINY_NET = {"staria": "staria_tiny", "baseline": "baseline_tiny", "contrastive":
 TINY_NET["classifier"] = "classifier_tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_cache(tmp_path_factory):
-    os.environ["STARIA_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+pytestmark = pytest.mark.usefixtures("module_data_cache")
 
 
 def preset_model(preset: str) -> str:

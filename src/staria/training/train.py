@@ -7,6 +7,7 @@ resumes, starts fresh, or does nothing because the run finished (`resume.resume_
 
 import contextlib
 import logging
+import os
 import shlex
 import shutil
 import time
@@ -203,6 +204,26 @@ def train(cfg: DictConfig) -> pl.Trainer | None:
         return _train(cfg, run_dir, held)
 
 
+LIGHTNING_SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+def seed_for_the_run(seed: int, held: contextlib.ExitStack) -> None:
+    """Seed Python, numpy, torch and the DataLoader workers. Lightning records the seed in
+    `PL_GLOBAL_SEED` and `PL_SEED_WORKERS` for the run's workers; they are put back as they were
+    when `held` closes, so a caller that trains again in the same process inherits nothing."""
+    saved = {name: os.environ.get(name) for name in LIGHTNING_SEED_VARIABLES}
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    held.callback(restore)
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
 def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Trainer | None:
     if cfg.run_id is None:
         cfg.run_id = wandb_run_id(run_dir)
@@ -211,7 +232,7 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
     point = resume_point(run_dir, Path(cfg.paths.checkpoint_dir), allow_pickle, cfg.run_id)
     check_resumable(point, cfg)
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_for_the_run(cfg.seed, held)
     datamodule = build("data", cfg.data)
     task = build("model", cfg.model)
     callbacks = instantiate_all("callbacks", cfg.callbacks)
