@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from staria.paths import REPO_ROOT
+from staria.training.config import compose_net
 from staria.training.tasks.base import sequence_loss
 
 
@@ -46,7 +47,7 @@ def loader_batches_per_s(datamodule, batches: int) -> float:
 def training_steps_per_s(batches: list[dict[str, torch.Tensor]], warmup: int) -> float:
     """Steps/s of forward + backward + AdamW on the tiny Staria net, warmup steps excluded."""
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / "conf/model/net/staria_tiny.yaml"))
+    net = hydra.utils.instantiate(compose_net("staria_tiny"))
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4)
     started = 0.0
     for index, batch in enumerate(batches):

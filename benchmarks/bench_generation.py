@@ -13,18 +13,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import hydra
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from x_transformers import AutoregressiveWrapper
 
 from staria.generation.prompts import Prompt
 from staria.generation.sampling import SamplingSettings, sample_pieces
 from staria.models import StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter, generate_with_cache
-from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
-
-NET_CONFIG = REPO_ROOT / "conf" / "model" / "net" / "staria_tiny.yaml"
-BASELINE_CONFIG = REPO_ROOT / "conf" / "model" / "net" / "baseline_tiny.yaml"
+from staria.training.config import compose_net
 
 
 def piece_start(tokenizer: MusicTokenizerWithStyle, snippet_len: int, seed: int) -> Prompt:
@@ -76,7 +72,7 @@ def loop_against_wrapper(new_tokens: int, batch: int, repeats: int = 3) -> None:
     """Median CPU and wall seconds of both loops, alternating, greedy, prompts of different
     lengths (left-padded), on the tiny baseline network; the samples must agree."""
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(OmegaConf.load(BASELINE_CONFIG)).net.eval()
+    net = hydra.utils.instantiate(compose_net("baseline_tiny")).net.eval()
     prompts = [torch.randint(6, 17000, (8 + 5 * i,)) for i in range(batch)]
     greedy = DecodingSpec(LogitsFilter(temperature=0.0), eos_id=-1, pad_id=2)
     wrapper = AutoregressiveWrapper(net, pad_value=2)
@@ -116,7 +112,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tokenizer = MusicTokenizerWithStyle()
     torch.manual_seed(0)
-    model: StariaModel = hydra.utils.instantiate(OmegaConf.load(NET_CONFIG)).eval()
+    model: StariaModel = hydra.utils.instantiate(compose_net("staria_tiny")).eval()
     context = model.decoder.net.max_seq_len
     # Untrained weights could emit <E> early; a -inf logit keeps every run at full length.
     model.decoder.net.to_logits.register_forward_hook(

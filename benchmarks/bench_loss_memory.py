@@ -14,10 +14,11 @@ STEP = """
 import json, resource, time, torch, hydra
 from omegaconf import OmegaConf
 from staria.paths import REPO_ROOT
+from staria.training.config import compose_net
 from staria.training.tasks import StariaTask
 torch.set_num_threads(1)
 torch.manual_seed(0)
-net = hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / "conf/model/net/staria_tiny.yaml"))
+net = hydra.utils.instantiate(compose_net("staria_tiny"))
 task = StariaTask(
     net,
     optimizer={{"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1}},

@@ -63,10 +63,11 @@ def materialise_batches(cache_dir: Path, steps: int, max_seq_len: int, batch_siz
 
 def build_net(net: str) -> torch.nn.Module:
     import hydra
-    from omegaconf import OmegaConf
+
+    from staria.training.config import compose_net
 
     torch.manual_seed(0)
-    return hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / "conf/model/net" / f"{net}.yaml"))
+    return hydra.utils.instantiate(compose_net(net))
 
 
 def scheduler_config(steps: int) -> dict:

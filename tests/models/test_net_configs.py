@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from staria.models import (
@@ -14,6 +13,8 @@ from staria.models import (
     SnippetEncoder,
     StariaModel,
 )
+from staria.tokenizer.vocabulary import VOCAB_SIZE
+from staria.training.config import compose_net
 
 NET_DIR = Path(__file__).parents[2] / "conf" / "model" / "net"
 KINDS = {
@@ -25,8 +26,8 @@ KINDS = {
 ARIA_VOCAB = 17_727
 
 
-def build(name: str, **overrides) -> torch.nn.Module:
-    config = OmegaConf.merge(OmegaConf.load(NET_DIR / f"{name}.yaml"), overrides)
+def build(name: str, *overrides: str) -> torch.nn.Module:
+    config = compose_net(name, *overrides)
     if name.endswith("_full"):
         with torch.device("meta"):
             return instantiate(config)
@@ -37,7 +38,7 @@ def build(name: str, **overrides) -> torch.nn.Module:
 def test_net_config_builds_its_model(name):
     model = build(name)
     assert isinstance(model, KINDS[name.split("_")[0]])
-    vocab_sized = [p for p in model.parameters() if p.shape[0] == 17_742]
+    vocab_sized = [p for p in model.parameters() if p.shape[0] == VOCAB_SIZE == 17_742]
     assert vocab_sized, "num_tokens must be the 17,742-token vocabulary"
 
 
@@ -72,7 +73,7 @@ def test_aria_config_loads_weights_and_keeps_staria_tokens(tmp_path):
         }
     path = tmp_path / "aria.safetensors"
     save_file(state, path)
-    staria = build("staria_aria_tiny", aria_weights=str(path))
+    staria = build("staria_aria_tiny", f"aria_weights={path}")
     embedding = staria.decoder.net.token_emb.emb.weight
     assert torch.equal(embedding[:ARIA_VOCAB], state["model.tok_embeddings.weight"])
     assert embedding.shape[0] == 17_742 and embedding[ARIA_VOCAB:].abs().sum() > 0

@@ -89,11 +89,22 @@ def test_staria_logits_ignore_snippets_while_gates_are_zero():
     assert not torch.allclose(model(other_snippets, snippet_mask, tokens, token_mask), gated)
 
 
+@pytest.mark.parametrize("gate_init", [0.5, 1.0, -2.0])
+def test_gate_init_opens_every_gate_and_the_snippets_count_from_the_start(gate_init):
+    model = tiny_staria(gate_init=gate_init)
+    gates = model.decoder.cross_attention_gates()
+    assert len(gates) == TINY["depth"]
+    assert all(gate.item() == gate_init for gate in gates)
+    snippets, snippet_mask = snippet_batch()
+    tokens = torch.randint(3, VOCAB, (2, 20))
+    token_mask = torch.ones_like(tokens, dtype=torch.bool)
+    other_snippets = torch.randint(3, VOCAB, snippets.shape)
+    logits = model(snippets, snippet_mask, tokens, token_mask)
+    assert not torch.allclose(model(other_snippets, snippet_mask, tokens, token_mask), logits)
+
+
 def test_staria_masked_snippet_tokens_do_not_matter():
-    model = tiny_staria()
-    with torch.no_grad():
-        for gate in model.decoder.cross_attention_gates():
-            gate.fill_(1.0)
+    model = tiny_staria(gate_init=1.0)
     snippets, snippet_mask = snippet_batch()
     tokens = torch.randint(3, VOCAB, (2, 12))
     token_mask = torch.ones_like(tokens, dtype=torch.bool)

@@ -21,8 +21,8 @@ from staria.models.autoregressive import (
     generate_with_cache,
     window_pad_counts,
 )
-from staria.models.decoder import build_decoder_net
 from staria.models.static_cache import StaticCacheDecoder, UnsupportedNetError
+from staria.models.xtransformers import build_decoder_net
 
 VOCAB = 97
 PAD = 2

@@ -31,11 +31,11 @@ def test_slurm_takes_nodes_and_tasks_from_the_trainer():
 
 
 @pytest.mark.parametrize(
-    ("preset", "nodes", "gpus", "mem_gb"),
-    [("slurm_staria", 4, 4, 256), ("slurm_baseline", 2, 4, 128)],
+    ("sizes", "nodes", "gpus", "mem_gb"),
+    [((), 4, 4, 256), (("trainer.num_nodes=2", "hydra.launcher.mem_gb=128"), 2, 4, 128)],
 )
-def test_presets_request_gpus_for_ddp(preset, nodes, gpus, mem_gb):
-    config = compose_train(f"cluster={preset}")
+def test_slurm_gpu_requests_gpus_for_ddp(sizes, nodes, gpus, mem_gb):
+    config = compose_train("cluster=slurm_gpu", *sizes)
     launcher = config.hydra.launcher
     assert (config.trainer.accelerator, config.trainer.strategy) == ("gpu", "ddp")
     assert (config.trainer.num_nodes, config.trainer.devices) == (nodes, gpus)
@@ -45,7 +45,7 @@ def test_presets_request_gpus_for_ddp(preset, nodes, gpus, mem_gb):
 
 def test_preset_job_shape_follows_trainer_overrides():
     config = compose_train(
-        "cluster=slurm_staria",
+        "cluster=slurm_gpu",
         "trainer.num_nodes=8",
         "trainer.devices=2",
         "hydra.launcher.max_num_timeout=7",

@@ -15,12 +15,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 from training.runs import synthetic_datamodule
 
 from staria.data.collate import Collator
-from staria.paths import REPO_ROOT
+from staria.training.config import compose_net
 from staria.training.tasks import StariaTask
 
 GLOBAL_BATCH = 4
@@ -151,7 +150,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(
 
 def tiny_staria() -> torch.nn.Module:
     torch.manual_seed(0)
-    return hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / "conf/model/net/staria_tiny.yaml"))
+    return hydra.utils.instantiate(compose_net("staria_tiny"))
 
 
 def initial_parameters() -> dict[str, torch.Tensor]:

@@ -4,10 +4,9 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
-from omegaconf import OmegaConf
 from training.runs import first_train_batch, synthetic_datamodule
 
-from staria.paths import REPO_ROOT
+from staria.training.config import compose_net
 from staria.training.tasks import BaselineTask, ClassifierTask, StariaTask
 from staria.training.tasks.base import chunked_sequence_loss, sequence_loss
 
@@ -21,7 +20,7 @@ def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
         batch_size=2,
     )
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / "conf/model/net/classifier_tiny.yaml"))
+    net = hydra.utils.instantiate(compose_net("classifier_tiny"))
     task = ClassifierTask(
         net,
         optimizer={"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
@@ -56,7 +55,7 @@ def _generative_task(kind: str, chunk: int | None, tmp_path):
     )
     batch = first_train_batch(datamodule)
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(OmegaConf.load(REPO_ROOT / f"conf/model/net/{kind}_tiny.yaml"))
+    net = hydra.utils.instantiate(compose_net(f"{kind}_tiny"))
     task_class = StariaTask if kind == "staria" else BaselineTask
     settings = {
         "optimizer": {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec, generate_with_cache
-from staria.models.decoder import build_decoder_net, decoder_blocks, norm_modules
+from staria.models.decoder import CausalDecoder
+from staria.models.xtransformers import build_decoder_net
+from staria.tokenizer.vocabulary import VOCAB_SIZE
 
 
-class DecoderOnlyBaseline(nn.Module):
+class DecoderOnlyBaseline(CausalDecoder):
     """x-transformers decoder LM; the snippets reach it as a token prompt instead.
 
     Full size (16 layers, 24 heads x dim_head 64 = 1536 wide, learned absolute positions over
     4,096, GELU feed-forward x4, untied head, 17,742 tokens) has 513,953,280 parameters.
     `aria_layout=True` gives Aria-medium's block so Aria weights load (`staria.models.pretrained`).
+    `num_tokens` defaults to the tokenizer's vocabulary.
     """
 
     def __init__(
         self,
-        num_tokens: int,
+        num_tokens: int = VOCAB_SIZE,
         dim: int = 1536,
         depth: int = 16,
         heads: int = 24,
@@ -48,17 +51,6 @@ class DecoderOnlyBaseline(nn.Module):
         """Logits [B,T,V] for tokens [B,T] (mask True on real tokens); with
         `return_embeddings`, the final hidden states [B,T,D] that `head` projects to logits."""
         return self.net(tokens, mask=token_mask, return_embeddings=return_embeddings)
-
-    @property
-    def head(self) -> nn.Linear:
-        """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
-        return self.net.to_logits
-
-    def blocks(self) -> list[list[nn.Module]]:
-        return decoder_blocks(self.net)
-
-    def norms(self) -> list[nn.Module]:
-        return norm_modules(self.net)
 
     @torch.no_grad()
     def generate(

@@ -1,152 +1,58 @@
-"""Causal decoders on x-transformers: the shared builder and the cross-attending Staria decoder.
+"""Causal decoders: what the baseline and Staria's decoder share, and the cross-attending one.
 
-x-transformers has no gated cross-attention, adapters or activation checkpointing, so this module
-adds the smallest pieces on top of its `Decoder`: zero-gated cross-attention, bottleneck adapters
-with a zero-initialised up projection, and torch's checkpoint wrapper around each layer. With the
-gates and adapters at their initial values the decoder computes exactly what the same decoder
-without cross-attention computes, which lets stage A start at a pretrained model's behaviour.
+x-transformers has no gated cross-attention or adapters; `staria.models.xtransformers` adds them
+to its `Decoder`. With the gates at zero and the adapters at their initial values, the decoder
+computes exactly what the same decoder without cross-attention computes, which lets stage A
+start at a pretrained model's behaviour; an open gate (`gate_init` > 0) suits training from
+scratch, where a closed gate keeps the snippets' gradient small for many steps.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from x_transformers import Decoder, TransformerWrapper
-from x_transformers.x_transformers import GLU, LayerNorm, RMSNorm, RotaryEmbedding
+from x_transformers import TransformerWrapper
 
-from staria.models.activation_checkpointing import checkpoint_layers
 from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec, generate_with_cache
-
-ARIA_ROTARY_BASE = 500_000
-
-
-class GatedCrossAttention(nn.Module):
-    """x-transformers cross-attention whose output is scaled by tanh(gate), gate initialised to 0.
-
-    Parameter names contain `cross_attn` so stages and optimizers can find them.
-    """
-
-    def __init__(self, cross_attn: nn.Module) -> None:
-        super().__init__()
-        self.cross_attn = cross_attn
-        self.cross_attn_gate = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: Tensor, **kwargs) -> tuple[Tensor, object]:
-        out, intermediates = self.cross_attn(x, **kwargs)
-        return out * self.cross_attn_gate.tanh(), intermediates
+from staria.models.xtransformers import (
+    Adapter,
+    GatedCrossAttention,
+    build_decoder_net,
+    decoder_blocks,
+    norm_modules,
+)
+from staria.tokenizer.vocabulary import VOCAB_SIZE
 
 
-class Adapter(nn.Module):
-    """Bottleneck adapter (down, GELU, up); its up projection starts at zero, so it adds nothing."""
+class CausalDecoder(nn.Module):
+    """An x-transformers causal LM (`net`) with the views training and loading need."""
 
-    def __init__(self, dim: int, bottleneck_dim: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(dim, bottleneck_dim)
-        self.up = nn.Linear(bottleneck_dim, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+    net: TransformerWrapper
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.up(nn.functional.gelu(self.down(x)))
+    @property
+    def head(self) -> nn.Linear:
+        """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
+        return self.net.to_logits
 
+    def blocks(self) -> list[list[nn.Module]]:
+        return decoder_blocks(self.net)
 
-class AdaptedFeedForward(nn.Module):
-    """A feed-forward layer followed by a residual adapter on its output (Houlsby placement)."""
-
-    def __init__(self, feed_forward: nn.Module, adapter: Adapter) -> None:
-        super().__init__()
-        self.feed_forward = feed_forward
-        self.adapter = adapter
-
-    def forward(self, x: Tensor, **kwargs) -> Tensor:
-        out = self.feed_forward(x, **kwargs)
-        return out + self.adapter(out)
+    def norms(self) -> list[nn.Module]:
+        return norm_modules(self.net)
 
 
-def build_decoder_net(
-    num_tokens: int,
-    dim: int,
-    depth: int,
-    heads: int,
-    dim_head: int,
-    max_seq_len: int,
-    *,
-    aria_layout: bool = False,
-    cross_attend: bool = False,
-    context_dim: int | None = None,
-    adapter_dim: int = 0,
-    attn_flash: bool = False,
-    activation_checkpointing: bool = False,
-) -> TransformerWrapper:
-    """The x-transformers causal LM that both the baseline and the Staria decoder are made of.
-
-    Default layout = x-transformers defaults: learned absolute positions over `max_seq_len`, GELU
-    feed-forward x4 with biases, bias-free LayerNorm, untied output head. `aria_layout=True` gives
-    Aria's block instead: rotary positions (base 500,000, full head width, interleaved pairs),
-    SwiGLU feed-forward x4 without biases, nn.LayerNorm with bias (as Aria's norm1/norm2).
-    """
-    layer_kwargs: dict = {"attn_dim_head": dim_head, "attn_flash": attn_flash}
-    if aria_layout:
-        layer_kwargs |= {
-            "rotary_pos_emb": True,
-            "rotary_emb_dim": dim_head,
-            "ff_glu": True,
-            "ff_swish": True,
-            "ff_no_bias": True,
-        }
-    if cross_attend:
-        layer_kwargs |= {"cross_attend": True, "cross_attn_dim_context": context_dim or dim}
-    layers = Decoder(dim=dim, depth=depth, heads=heads, **layer_kwargs)
-    if aria_layout:
-        _to_aria_layout(layers, dim, dim_head)
-    for layer_type, layer in zip(layers.layer_types, layers.layers, strict=True):
-        if layer_type == "c":
-            layer[1] = GatedCrossAttention(layer[1])
-        elif layer_type == "f" and adapter_dim > 0:
-            layer[1] = AdaptedFeedForward(layer[1], Adapter(dim, adapter_dim))
-    if activation_checkpointing:
-        checkpoint_layers(layers)
-    return TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers)
-
-
-def _to_aria_layout(layers: Decoder, dim: int, dim_head: int) -> None:
-    """Swap the parts x-transformers cannot configure: rotary base, LayerNorm bias, GLU bias."""
-    layers.rotary_pos_emb = RotaryEmbedding(dim_head, base=ARIA_ROTARY_BASE)
-    for norms, _, _ in layers.layers:
-        norms[0] = nn.LayerNorm(dim)
-    layers.final_norm = nn.LayerNorm(dim)
-    for module in layers.modules():
-        if isinstance(module, GLU):
-            module.proj.register_parameter("bias", None)
-
-
-def decoder_blocks(net: TransformerWrapper) -> list[list[nn.Module]]:
-    """The decoder's transformer blocks bottom to top, each the list of its layers' modules
-    (norms, attention / cross-attention / feed-forward, residual)."""
-    layers = net.attn_layers
-    per_block = layers.len_default_block
-    return [
-        list(layers.layers[start : start + per_block])
-        for start in range(0, len(layers.layers), per_block)
-    ]
-
-
-def norm_modules(module: nn.Module) -> list[nn.Module]:
-    """Every normalisation layer inside `module` (x-transformers' and torch's)."""
-    return [m for m in module.modules() if isinstance(m, LayerNorm | RMSNorm | nn.LayerNorm)]
-
-
-class CrossAttendingDecoder(nn.Module):
+class CrossAttendingDecoder(CausalDecoder):
     """Staria's decoder: a causal LM over the piece that cross-attends to all snippet token states.
 
     Full size is Aria-medium's shape: 16 layers, 24 heads x dim_head 64 = 1536 wide, context 4,096.
-    Each block is self-attention, zero-gated cross-attention, feed-forward + adapter. Learned
-    absolute positions (the default layout) stop cached decoding at `max_seq_len`.
+    Each block is self-attention, gated cross-attention (tanh(gate) starts at tanh(`gate_init`)),
+    feed-forward + adapter. Learned absolute positions (the default layout) stop cached decoding
+    at `max_seq_len`. `num_tokens` defaults to the tokenizer's vocabulary (17,742).
     """
 
     def __init__(
         self,
-        num_tokens: int,
+        num_tokens: int = VOCAB_SIZE,
         dim: int = 1536,
         depth: int = 16,
         heads: int = 24,
@@ -154,6 +60,7 @@ class CrossAttendingDecoder(nn.Module):
         max_seq_len: int = 4096,
         context_dim: int | None = None,
         adapter_dim: int = 96,
+        gate_init: float = 0.0,
         aria_layout: bool = False,
         attn_flash: bool = False,
         activation_checkpointing: bool = False,
@@ -170,6 +77,7 @@ class CrossAttendingDecoder(nn.Module):
             cross_attend=True,
             context_dim=context_dim,
             adapter_dim=adapter_dim,
+            gate_init=gate_init,
             attn_flash=attn_flash,
             activation_checkpointing=activation_checkpointing,
         )
@@ -192,20 +100,9 @@ class CrossAttendingDecoder(nn.Module):
             return_embeddings=return_embeddings,
         )
 
-    @property
-    def head(self) -> nn.Linear:
-        """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
-        return self.net.to_logits
-
-    def blocks(self) -> list[list[nn.Module]]:
-        return decoder_blocks(self.net)
-
     def bridge_modules(self) -> list[nn.Module]:
         """The modules a pretrained decoder-only model lacks: gated cross-attention and adapters."""
         return [m for m in self.net.modules() if isinstance(m, GatedCrossAttention | Adapter)]
-
-    def norms(self) -> list[nn.Module]:
-        return norm_modules(self.net)
 
     def cross_attention_gates(self) -> list[nn.Parameter]:
         return [m.cross_attn_gate for m in self.net.modules() if isinstance(m, GatedCrossAttention)]

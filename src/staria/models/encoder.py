@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
-from x_transformers import Encoder, TransformerWrapper
 
-from staria.models.activation_checkpointing import checkpoint_layers
+from staria.models.xtransformers import build_encoder_net
+from staria.tokenizer.vocabulary import VOCAB_SIZE
 
 
 class SnippetEncoder(nn.Module):
@@ -14,11 +14,12 @@ class SnippetEncoder(nn.Module):
     Full size: 6 layers, 8 heads x dim_head 192 = 1536 wide (x-transformers' default dim_head 64
     would make the attention only 512 wide), learned absolute positions over 256-token snippets.
     The decoder cross-attends to the states; contrastive pre-training uses the pooled embedding.
+    `num_tokens` defaults to the tokenizer's vocabulary.
     """
 
     def __init__(
         self,
-        num_tokens: int,
+        num_tokens: int = VOCAB_SIZE,
         dim: int = 1536,
         depth: int = 6,
         heads: int = 8,
@@ -29,16 +30,15 @@ class SnippetEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.dim = dim
-        layers = Encoder(
-            dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, attn_flash=attn_flash
-        )
-        if activation_checkpointing:
-            checkpoint_layers(layers)
-        self.net = TransformerWrapper(
-            num_tokens=num_tokens,
-            max_seq_len=max_seq_len,
-            attn_layers=layers,
-            return_only_embed=True,
+        self.net = build_encoder_net(
+            num_tokens,
+            dim,
+            depth,
+            heads,
+            dim_head,
+            max_seq_len,
+            attn_flash=attn_flash,
+            activation_checkpointing=activation_checkpointing,
         )
 
     def forward(self, snippets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from x_transformers import TransformerWrapper
 
 from staria.models.baseline import DecoderOnlyBaseline
-from staria.models.decoder import CrossAttendingDecoder, decoder_blocks
+from staria.models.decoder import CrossAttendingDecoder
 from staria.models.staria import StariaModel
+from staria.models.xtransformers import decoder_blocks, token_row_weights, unwrap_branch
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -94,8 +95,8 @@ def _rotary_pairs_interleaved(heads: int, dim_head: int) -> Callable[[Tensor, in
 
 def _inner(module: nn.Module) -> nn.Module:
     """The x-transformers layer behind a checkpoint wrapper or an adapter wrapper."""
-    module = getattr(module, "_checkpoint_wrapped_module", module)
-    return getattr(module, "feed_forward", module)
+    inner = unwrap_branch(module)
+    return getattr(inner, "feed_forward", inner)
 
 
 def aria_fills(net: TransformerWrapper) -> list[_Fill]:
@@ -104,9 +105,10 @@ def aria_fills(net: TransformerWrapper) -> list[_Fill]:
     if not isinstance(layers.final_norm, nn.LayerNorm) or layers.rotary_pos_emb is None:
         raise ValueError("model is not in Aria layout: build it with aria_layout=True")
     rotary_rows = _rotary_pairs_interleaved(layers.attn_heads, layers.attn_dim_head)
+    embedding, head = token_row_weights(net)
     fills = [
-        _Fill(net.token_emb.emb.weight, ("model.tok_embeddings.weight",), vocab_rows=True),
-        _Fill(net.to_logits.weight, ("lm_head.weight",), vocab_rows=True),
+        _Fill(embedding, ("model.tok_embeddings.weight",), vocab_rows=True),
+        _Fill(head, ("lm_head.weight",), vocab_rows=True),
         _Fill(layers.final_norm.weight, ("model.out_layer_norm.weight",)),
         _Fill(layers.final_norm.bias, ("model.out_layer_norm.bias",)),
     ]

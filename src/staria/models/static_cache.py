@@ -37,20 +37,17 @@ from x_transformers.x_transformers import (
 )
 from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
+from staria.models.xtransformers import unwrap_branch
+
 
 class UnsupportedNetError(ValueError):
     """The net uses an x-transformers feature that static-cache decoding does not reproduce."""
 
 
-def _unwrapped(module: nn.Module) -> nn.Module:
-    """The module inside torch's activation-checkpoint wrapper, or the module itself."""
-    return getattr(module, "_checkpoint_wrapped_module", module)
-
-
 def _plain_attention(attention: nn.Module, where: str) -> Attention:
     """The x-transformers `Attention` inside `attention` (unwrapping a checkpoint wrapper), checked
     to be a plain multi-head one: separate q/k/v projections, no gates, norms or memory."""
-    inner = _unwrapped(attention)
+    inner = unwrap_branch(attention)
     if not isinstance(inner, Attention):
         raise UnsupportedNetError(
             f"{where}: {type(inner).__name__} is not an x-transformers Attention"
@@ -106,7 +103,7 @@ class _Block:
             raise UnsupportedNetError(f"{where}: a scaled residual is not supported")
         self.kind = layer_type
         self.norm = _Norm(norms[0])
-        self.branch = _unwrapped(branch)
+        self.branch = unwrap_branch(branch)
         if layer_type not in ("a", "c"):
             return
         gated = getattr(self.branch, "cross_attn", None)

@@ -68,6 +68,10 @@ def build_vocabulary() -> tuple[Token, ...]:
     )
 
 
+VOCAB_SIZE: int = len(build_vocabulary())
+"""17,742: Aria's 17,727 ids and Staria's 15; every network's default `num_tokens`."""
+
+
 class TokenKind(IntEnum):
     OTHER = 0
     NOTE = 1

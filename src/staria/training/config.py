@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError
 
-from staria.paths import midi_dir
+from staria.paths import REPO_ROOT, midi_dir
 from staria.training.run_identity import run_signature_resolver
 
 
@@ -134,6 +134,17 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     store.store(group="stage", name="schema", node=StageConfig)
     store.store(group="paths", name="schema", node=PathsConfig)
+
+
+def compose_net(name: str, *overrides: str) -> DictConfig:
+    """`conf/model/net/<name>.yaml` as `staria-train model/net=<name>` composes it (the nets it
+    builds on merged in), with `overrides` relative to it (`"dim=32"`); for code that builds a
+    network outside a run (benchmarks, tests). Raises Hydra's error naming an unknown net."""
+    with hydra.initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = hydra.compose(
+            "train", [f"model/net={name}", *(f"model.net.{item}" for item in overrides)]
+        )
+    return cfg.model.net
 
 
 def check_no_missing(cfg: DictConfig) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from staria.models.staria import StariaModel
+from staria.models.xtransformers import token_row_weights
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.training.config import StageConfig
 
@@ -50,7 +51,7 @@ def staria_new_token_ids() -> tuple[int, ...]:
 
 def token_row_parameters(model: StariaModel) -> list[nn.Parameter]:
     """The decoder's matrices with a row per token: input embedding and output head."""
-    return [model.decoder.net.token_emb.emb.weight, model.decoder.net.to_logits.weight]
+    return list(token_row_weights(model.decoder.net))
 
 
 @dataclass(frozen=True)

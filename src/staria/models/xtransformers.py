@@ -1,0 +1,196 @@
+"""Every place Staria builds, changes or reads x-transformers' internals, in one module.
+
+Checked against x-transformers 2.31.10 with torch 2.13 (`pyproject.toml` pins `<2.32`); a newer
+x-transformers must pass `tests/models` (layouts, Aria loading, static-cache equality) before the
+bound moves. What is adapted here:
+- `build_decoder_net`, `build_encoder_net`: the `TransformerWrapper`s of every Staria network;
+- Aria's block (`_to_aria_layout`): rotary base, LayerNorm with bias and bias-free GLU swapped
+  into a built `Decoder`, as x-transformers cannot configure them;
+- zero-gated cross-attention and adapters (`GatedCrossAttention`, `AdaptedFeedForward`) put in
+  place of the branches of a built stack;
+- activation checkpointing (`checkpoint_layers`), which x-transformers lacks;
+- reading the structure back: `decoder_blocks`, `norm_modules`, `token_row_weights`,
+  `unwrap_branch` (used by stages, Aria loading and `static_cache`, which mirrors the forward
+  pass for decoding and is tested against it output for output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from x_transformers import Decoder, Encoder, TransformerWrapper
+from x_transformers.x_transformers import (
+    GLU,
+    AttentionLayers,
+    LayerNorm,
+    RMSNorm,
+    RotaryEmbedding,
+)
+
+ARIA_ROTARY_BASE = 500_000
+
+
+class GatedCrossAttention(nn.Module):
+    """x-transformers cross-attention whose output is scaled by tanh(gate), gate initialised to
+    `gate_init` (0: the branch adds nothing until training opens it).
+
+    Parameter names contain `cross_attn` so stages and optimizers can find them.
+    """
+
+    def __init__(self, cross_attn: nn.Module, gate_init: float = 0.0) -> None:
+        super().__init__()
+        self.cross_attn = cross_attn
+        self.cross_attn_gate = nn.Parameter(torch.full((1,), float(gate_init)))
+
+    def forward(self, x: Tensor, **kwargs) -> tuple[Tensor, object]:
+        out, intermediates = self.cross_attn(x, **kwargs)
+        return out * self.cross_attn_gate.tanh(), intermediates
+
+
+class Adapter(nn.Module):
+    """Bottleneck adapter (down, GELU, up); its up projection starts at zero, so it adds nothing."""
+
+    def __init__(self, dim: int, bottleneck_dim: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck_dim)
+        self.up = nn.Linear(bottleneck_dim, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(nn.functional.gelu(self.down(x)))
+
+
+class AdaptedFeedForward(nn.Module):
+    """A feed-forward layer followed by a residual adapter on its output (Houlsby placement)."""
+
+    def __init__(self, feed_forward: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.feed_forward = feed_forward
+        self.adapter = adapter
+
+    def forward(self, x: Tensor, **kwargs) -> Tensor:
+        out = self.feed_forward(x, **kwargs)
+        return out + self.adapter(out)
+
+
+def build_decoder_net(
+    num_tokens: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    dim_head: int,
+    max_seq_len: int,
+    *,
+    aria_layout: bool = False,
+    cross_attend: bool = False,
+    context_dim: int | None = None,
+    adapter_dim: int = 0,
+    gate_init: float = 0.0,
+    attn_flash: bool = False,
+    activation_checkpointing: bool = False,
+) -> TransformerWrapper:
+    """The x-transformers causal LM that both the baseline and the Staria decoder are made of.
+
+    Default layout = x-transformers defaults: learned absolute positions over `max_seq_len`, GELU
+    feed-forward x4 with biases, bias-free LayerNorm, untied output head. `aria_layout=True` gives
+    Aria's block instead: rotary positions (base 500,000, full head width, interleaved pairs),
+    SwiGLU feed-forward x4 without biases, nn.LayerNorm with bias (as Aria's norm1/norm2).
+    With `cross_attend`, every block gets gated cross-attention to a context of `context_dim`
+    (default `dim`), gate starting at `gate_init`; `adapter_dim > 0` adds an adapter after each
+    feed-forward.
+    """
+    layer_kwargs: dict = {"attn_dim_head": dim_head, "attn_flash": attn_flash}
+    if aria_layout:
+        layer_kwargs |= {
+            "rotary_pos_emb": True,
+            "rotary_emb_dim": dim_head,
+            "ff_glu": True,
+            "ff_swish": True,
+            "ff_no_bias": True,
+        }
+    if cross_attend:
+        layer_kwargs |= {"cross_attend": True, "cross_attn_dim_context": context_dim or dim}
+    layers = Decoder(dim=dim, depth=depth, heads=heads, **layer_kwargs)
+    if aria_layout:
+        _to_aria_layout(layers, dim, dim_head)
+    for layer_type, layer in zip(layers.layer_types, layers.layers, strict=True):
+        if layer_type == "c":
+            layer[1] = GatedCrossAttention(layer[1], gate_init)
+        elif layer_type == "f" and adapter_dim > 0:
+            layer[1] = AdaptedFeedForward(layer[1], Adapter(dim, adapter_dim))
+    if activation_checkpointing:
+        checkpoint_layers(layers)
+    return TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers)
+
+
+def build_encoder_net(
+    num_tokens: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    dim_head: int,
+    max_seq_len: int,
+    *,
+    attn_flash: bool = False,
+    activation_checkpointing: bool = False,
+) -> TransformerWrapper:
+    """A bidirectional x-transformers encoder returning token states [N,L,dim] (no head),
+    learned absolute positions over `max_seq_len`."""
+    layers = Encoder(
+        dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, attn_flash=attn_flash
+    )
+    if activation_checkpointing:
+        checkpoint_layers(layers)
+    return TransformerWrapper(
+        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True
+    )
+
+
+def _to_aria_layout(layers: Decoder, dim: int, dim_head: int) -> None:
+    """Swap the parts x-transformers cannot configure: rotary base, LayerNorm bias, GLU bias."""
+    layers.rotary_pos_emb = RotaryEmbedding(dim_head, base=ARIA_ROTARY_BASE)
+    for norms, _, _ in layers.layers:
+        norms[0] = nn.LayerNorm(dim)
+    layers.final_norm = nn.LayerNorm(dim)
+    for module in layers.modules():
+        if isinstance(module, GLU):
+            module.proj.register_parameter("bias", None)
+
+
+def checkpoint_layers(layers: AttentionLayers) -> None:
+    """Recompute each attention / feed-forward layer in the backward pass instead of storing it.
+
+    torch's wrapper strips its own prefix from state dicts, so checkpoints load with or without
+    it. Early stopping of the recomputation is off: it stops by raising an exception, which
+    einx (inside x-transformers) re-raises as its own error.
+    """
+    for layer in layers.layers:
+        layer[1] = checkpoint_wrapper(layer[1], early_stop=False)
+
+
+def unwrap_branch(module: nn.Module) -> nn.Module:
+    """The module inside torch's activation-checkpoint wrapper, or the module itself."""
+    return getattr(module, "_checkpoint_wrapped_module", module)
+
+
+def decoder_blocks(net: TransformerWrapper) -> list[list[nn.Module]]:
+    """The decoder's transformer blocks bottom to top, each the list of its layers' modules
+    (norms, attention / cross-attention / feed-forward, residual)."""
+    layers = net.attn_layers
+    per_block = layers.len_default_block
+    return [
+        list(layers.layers[start : start + per_block])
+        for start in range(0, len(layers.layers), per_block)
+    ]
+
+
+def norm_modules(module: nn.Module) -> list[nn.Module]:
+    """Every normalisation layer inside `module` (x-transformers' and torch's)."""
+    return [m for m in module.modules() if isinstance(m, LayerNorm | RMSNorm | nn.LayerNorm)]
+
+
+def token_row_weights(net: TransformerWrapper) -> tuple[nn.Parameter, nn.Parameter]:
+    """The matrices with a row per token id: input embedding [V,D] and output head [V,D]."""
+    return net.token_emb.emb.weight, net.to_logits.weight
