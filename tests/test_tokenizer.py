@@ -11,6 +11,7 @@ from aria_reference import reference as aria_reference
 
 from staria.tokenizer.cli import roundtrip_report, write_example_midi
 from staria.tokenizer.midi_io import MidiReadError
+from staria.tokenizer.vocabulary import VOCAB_SIZE
 
 ARIA = aria_folder()
 _reference = aria_reference()
@@ -33,6 +34,26 @@ def test_vocabulary_is_aria_then_staria(tokenizer):
     assert tokenizer.encode([tokenizer.prompt_start, tokenizer.prompt_end]) == [17731, 17732]
     with pytest.raises(ValueError, match="'E'"):
         tokenizer.section_token("E")
+
+
+def test_per_id_tables_follow_the_tokens(tokenizer):
+    """`note_length`, `section_ids` and `VOCAB_SIZE` (id arithmetic) against the tokens."""
+    expected = [
+        (2 if token[0] == "drum" else 3)
+        if isinstance(token, tuple)
+        and len(token) in (2, 3)
+        and token[0] not in ("prefix", "onset", "dur")
+        else 0
+        for token in tokenizer.vocab
+    ]
+    np.testing.assert_array_equal(tokenizer.note_length, expected)
+    assert tokenizer.decode(list(tokenizer.section_ids.values())) == [
+        "<A_SECTION>",
+        "<B_SECTION>",
+        "<C_SECTION>",
+        "<D_SECTION>",
+    ]
+    assert VOCAB_SIZE == tokenizer.vocab_size()
 
 
 @pytest.mark.parametrize("name", list(_reference["files"]))

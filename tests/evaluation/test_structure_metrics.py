@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pretty_midi
 import pytest
 from evaluation.midi_files import write_midi
 
@@ -226,3 +227,54 @@ def test_intervals_cover_the_value_and_every_metric_has_a_meaning(tokenizer, tab
         intervals["section_similarity_gap"][1]
     )
     assert set(MEANINGS) == set(StructureMetrics.__dataclass_fields__)
+
+
+def test_evaluation_reads_the_notes_the_written_midi_holds(tokenizer, table, tmp_path):
+    """Differential: for random id streams (well-formed notes among stray and broken tokens,
+    drums, <T>, section tokens), evaluation's notes are exactly the pitched notes of the MIDI
+    file the same ids write, as pretty_midi reads that file. Pitches are distinct within a case:
+    one MIDI channel cannot hold two overlapping notes of one pitch apart."""
+    generator = np.random.default_rng(7)
+    vocab = tokenizer.vocab_size()
+    for case in range(20):
+        tokens = [("prefix", "instrument", "piano"), "<S>"]
+        onset, pitches = 0, iter(generator.permutation(np.arange(21, 109)).tolist())
+        for _ in range(int(generator.integers(5, 40))):
+            roll = generator.random()
+            onset = min(onset + int(generator.integers(0, 50)) * 10, SEGMENT_MS - 10)
+            if roll < 0.6:
+                velocity = int(generator.integers(1, 13)) * 10
+                duration = int(generator.integers(1, 200)) * 10
+                tokens += [("piano", next(pitches), velocity)]
+                tokens += [("onset", onset), ("dur", duration)]
+            elif roll < 0.7:
+                tokens += [("drum", int(generator.integers(35, 82))), ("onset", onset)]
+            elif roll < 0.8:
+                tokens += ["<T>"]
+                onset = 0
+            elif roll < 0.9:
+                tokens.append(tokenizer.section_token(str(generator.choice(list("ABCD")))))
+            else:
+                tokens += tokenizer.decode([int(generator.integers(0, vocab))])
+        if "<E>" in tokens:
+            tokens = tokens[: tokens.index("<E>")]
+        ids = tokenizer.encode(tokens)
+        ours = sectioned_notes(ids, table).notes
+        path = tmp_path / f"case{case}.mid"
+        tokenizer.write_midi(tokens, path)
+        written = [
+            (round(note.start * 1000), round(note.end * 1000), note.pitch, note.velocity)
+            for instrument in pretty_midi.PrettyMIDI(str(path)).instruments
+            if not instrument.is_drum
+            for note in instrument.notes
+        ]
+        expected = sorted(
+            zip(
+                ours.start_ms.astype(int).tolist(),
+                ours.end_ms.astype(int).tolist(),
+                ours.pitch.tolist(),
+                ours.velocity.tolist(),
+                strict=True,
+            )
+        )
+        assert sorted(written) == expected, case

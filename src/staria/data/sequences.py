@@ -11,7 +11,6 @@ import numpy as np
 from staria.data.cache import NO_SECTION
 from staria.data.labels import PieceLabels
 from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle
-from staria.tokenizer.midi_io import FAMILIES
 
 
 class LabelAlignmentError(ValueError):
@@ -28,23 +27,13 @@ class LabelledSequence:
 
 
 class TokenLayout:
-    """Per-id lookups the labelled-sequence builder needs, built once per tokenizer."""
+    """Builds labelled sequences from a tokenizer's ids; its per-id lookups (`note_length`,
+    `section_id`) are the tokenizer's, taken once."""
 
     def __init__(self, tokenizer: MusicTokenizerWithStyle) -> None:
         self.tokenizer = tokenizer
-        self.note_length = np.array(
-            [
-                (2 if token[0] == "drum" else 3)
-                if isinstance(token, tuple) and token[0] in FAMILIES
-                else 0
-                for token in tokenizer.vocab
-            ],
-            dtype=np.int64,
-        )
-        self.section_id = {
-            letter: tokenizer.token_to_id[tokenizer.section_token(letter)]
-            for letter in SECTION_LETTERS
-        }
+        self.note_length = tokenizer.note_length
+        self.section_id = tokenizer.section_ids
 
     def labelled_sequence(
         self, ids: np.ndarray, onset_seconds: np.ndarray, labels: PieceLabels

@@ -1,20 +1,21 @@
-"""Token ids -> timed notes labelled with the section they fall in, by array indexing alone.
+"""Token ids -> timed notes labelled with the section they fall in.
 
 Generated sequences carry their structure only as section tokens, which a MIDI file loses, so
-evaluation reads notes from the ids: a note is an `(instrument, pitch, velocity)`, `("onset", ms)`,
-`("dur", ms)` triple; each `<T>` before it adds one 5 s segment. Drum hits (no duration) are left
-out: the metrics describe pitched material.
+evaluation reads notes from the ids with the tokenizer's own decoder (`notes_at`, the one that
+writes MIDI) and labels each with the section token before it. Drum hits are left out: the
+metrics describe pitched material.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
-from staria.tokenizer import SECTION_LETTERS, SEGMENT_MS, TokenKind, TokenTable
-from staria.tokenizer.midi_io import NoteTable
+from staria.tokenizer import SECTION_LETTERS, MusicTokenizerWithStyle, TokenKind, TokenTable
+from staria.tokenizer.midi_io import DRUM_FAMILY_INDEX, NoteTable
 
 
 @dataclass(frozen=True)
@@ -33,28 +34,22 @@ class SectionedNotes:
         return "".join(self.letters)
 
 
+@cache
+def _tokenizer() -> MusicTokenizerWithStyle:
+    return MusicTokenizerWithStyle()
+
+
 def sectioned_notes(token_ids: Sequence[int] | np.ndarray, table: TokenTable) -> SectionedNotes:
-    """Decode ids up to the first `<E>` into notes on a ms clock starting at the sequence start."""
+    """Decode ids up to the first `<E>` into pitched notes on a ms clock from the sequence
+    start, each with its section; `table` gives the ids' kinds (END, SECTION)."""
     ids = np.asarray(token_ids, dtype=np.int64)
     kind = table.kind[ids]
     ends = np.flatnonzero(kind == TokenKind.END)
     if len(ends):
         ids, kind = ids[: ends[0]], kind[: ends[0]]
-    value = table.value[ids]
-    at = np.flatnonzero(
-        (kind[:-2] == TokenKind.NOTE)
-        & (kind[1:-1] == TokenKind.ONSET)
-        & (kind[2:] == TokenKind.DUR)
-    )
-    segment = np.cumsum(kind == TokenKind.TIME)
-    start = (segment[at] * SEGMENT_MS + value[at + 1]).astype(np.float64)
-    notes = NoteTable(
-        family=table.family[ids[at]],
-        pitch=value[at],
-        velocity=table.velocity[ids[at]],
-        start_ms=start,
-        end_ms=start + value[at + 2],
-    )
+    notes, at = _tokenizer().notes_at(ids)
+    pitched = notes.family != DRUM_FAMILY_INDEX
+    notes, at = notes.select(pitched), at[pitched]
     section = np.cumsum(kind == TokenKind.SECTION) - 1
-    letters = tuple(SECTION_LETTERS[i] for i in value[kind == TokenKind.SECTION])
+    letters = tuple(SECTION_LETTERS[i] for i in table.value[ids][kind == TokenKind.SECTION])
     return SectionedNotes(notes, section[at], letters)

@@ -149,6 +149,20 @@ class MusicTokenizerWithStyle:
         return int(starts[0]) + 1
 
     @property
+    def section_ids(self) -> dict[str, int]:
+        """The id of each section letter's token: {"A": id of `<A_SECTION>`, ...}."""
+        return {letter: self.token_to_id[self.section_token(letter)] for letter in SECTION_LETTERS}
+
+    @property
+    def note_length(self) -> np.ndarray:
+        """Tokens per note that starts at each id [V] (int64): 3 for a pitched note (note,
+        onset, dur), 2 for a drum hit (drum, onset), 0 for an id that starts no note."""
+        length = np.zeros(self.vocab_size(), dtype=np.int64)
+        length[self._note_base : self._drum_base] = 3
+        length[self._drum_base : self._dur_base] = 2
+        return length
+
+    @property
     def structure_token_ids(self) -> tuple[int, ...]:
         """Ids of the section and form tokens: the structure a classifier must not be shown."""
         tokens = [self.section_token(letter) for letter in SECTION_LETTERS]
@@ -297,7 +311,19 @@ class MusicTokenizerWithStyle:
         return at, is_drum[at], onset_ms
 
     def ids_to_notes(self, ids: np.ndarray) -> NoteTable:
-        """The notes a token-id sequence describes, times in ms from its first note."""
+        """The notes a token-id sequence describes, times in ms from the sequence start (each
+        `<T>` before a note adds 5 s); drums last 100 ms (`DRUM_NOTE_MS`)."""
+        return self.notes_at(ids)[0]
+
+    def notes_at(self, ids: np.ndarray) -> tuple[NoteTable, np.ndarray]:
+        """`ids_to_notes`, and for each note the index of its first token in `ids` [N]: the one
+        decoder from ids to notes (MIDI writing and evaluation alike).
+
+        A note is a well-formed `(family, pitch, velocity), onset, dur` triple or a
+        `(drum, pitch), onset` pair; anything else is skipped. Velocity 0 and duration 0 are in
+        the vocabulary but never tokenized; they are read as 1 and 10 ms (a note-on of velocity
+        0 would be a note-off, a 0 ms note's off would precede its on).
+        """
         ids = np.asarray(ids, dtype=np.int64)
         at, drum, onset_ms = self._note_spans(ids)
         known = ids[at] != self.unknown_id  # <U> drums have no pitch to write
@@ -310,21 +336,20 @@ class MusicTokenizerWithStyle:
             ids[at] - self._drum_base + DRUM_PITCHES[0],
             note_index // self._velocity_levels % 128,
         )
-        # Velocity 0 and duration 0 are in the vocabulary but never tokenized: written as is, a
-        # note-on of velocity 0 reads as a note-off, and a 0 ms note's off precedes its on.
         level = note_index % self._velocity_levels
         velocity = np.where(drum, MAX_VELOCITY, np.maximum(level * VELOCITY_STEP, 1))
         dur_ids = ids[np.minimum(at + 2, len(ids) - 1)]
         duration = np.where(
             drum, DRUM_NOTE_MS, np.maximum((dur_ids - self._dur_base) * TIME_STEP_MS, TIME_STEP_MS)
         )
-        return NoteTable(
+        notes = NoteTable(
             family,
             pitch,
             velocity,
             onset_ms.astype(np.float64),
             (onset_ms + duration).astype(np.float64),
         )
+        return notes, at
 
     def detokenize(self, tokens: list[Token]) -> pretty_midi.PrettyMIDI:
         """A PrettyMIDI with one instrument per family present (drums on channel 10)."""
