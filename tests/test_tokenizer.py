@@ -53,7 +53,7 @@ def test_per_id_tables_follow_the_tokens(tokenizer):
         "<C_SECTION>",
         "<D_SECTION>",
     ]
-    assert VOCAB_SIZE == tokenizer.vocab_size()
+    assert tokenizer.vocab_size() == VOCAB_SIZE
 
 
 @pytest.mark.parametrize("name", list(_reference["files"]))

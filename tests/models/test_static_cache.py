@@ -22,10 +22,11 @@ from staria.models.autoregressive import (
     window_pad_counts,
 )
 from staria.models.static_cache import StaticCacheDecoder, UnsupportedNetError
-from staria.models.xtransformers import build_decoder_net
+from staria.models.xtransformers import Bridge, TrunkShape, build_decoder_net
 
 VOCAB = 97
 PAD = 2
+SMALL = TrunkShape(VOCAB, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=16)
 
 
 def random_case(seed: int) -> dict:
@@ -35,18 +36,17 @@ def random_case(seed: int) -> dict:
     heads, dim_head = rng.choice([1, 2, 3]), rng.choice([8, 16])
     dim = heads * dim_head
     max_seq_len = rng.choice([12, 20, 32])
-    net = build_decoder_net(
+    shape = TrunkShape(
         VOCAB,
         dim,
         rng.choice([1, 2, 3]),
         heads,
         dim_head,
         max_seq_len,
-        aria_layout=aria,
-        cross_attend=cross,
-        adapter_dim=rng.choice([0, 4]) if cross else 0,
         activation_checkpointing=rng.random() < 0.3,
-    ).eval()
+    )
+    bridge = Bridge(dim, adapter_dim=rng.choice([0, 4])) if cross else None
+    net = build_decoder_net(shape, aria_layout=aria, bridge=bridge).eval()
     with torch.no_grad():
         for name, parameter in net.named_parameters():
             if "gate" in name or "adapter.up" in name:
@@ -134,7 +134,7 @@ def test_greedy_samples_equal_x_transformers_cached_loop(seed):
 
 
 def test_unsupported_attention_feature_is_refused_by_name():
-    net = build_decoder_net(VOCAB, 32, 1, 2, 16, 16)
+    net = build_decoder_net(SMALL)
     attention = next(m for m in net.modules() if isinstance(m, Attention))
     attention.qk_norm = True
     with pytest.raises(UnsupportedNetError, match=r"layer 0 .*qk_norm"):
@@ -142,12 +142,12 @@ def test_unsupported_attention_feature_is_refused_by_name():
 
 
 def test_absolute_positions_cannot_decode_past_max_seq_len():
-    net = build_decoder_net(VOCAB, 32, 1, 2, 16, 16).eval()
+    net = build_decoder_net(SMALL).eval()
     with pytest.raises(ValueError, match="max_seq_len=16"):
         StaticCacheDecoder(net, 1, 17)
 
 
 def test_cross_attending_net_needs_context():
-    net = build_decoder_net(VOCAB, 32, 1, 2, 16, 16, cross_attend=True).eval()
+    net = build_decoder_net(SMALL, bridge=Bridge(32)).eval()
     with pytest.raises(ValueError, match="context"):
         StaticCacheDecoder(net, 1, 8)

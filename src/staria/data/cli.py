@@ -19,8 +19,16 @@ from staria.data.preprocess import (
     merge_index,
 )
 from staria.data.slurm_index import cluster_launcher_settings, submit_index
-from staria.data.synthetic import SynthesisConfig, synthesize
+from staria.data.synthetic import SOURCES, SynthesisConfig, synthesize
 from staria.tokenizer.midi_io import scan_midi_files
+
+
+def _add_typed(
+    parser: argparse.ArgumentParser, options: tuple[tuple[str, object, str], ...]
+) -> None:
+    """`(--flag, default, help)` options, each typed by its default."""
+    for flag, default, help_text in options:
+        parser.add_argument(flag, type=type(default), default=default, help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,15 +37,20 @@ def _parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synth", help="write form-labelled synthetic pieces")
     synth.add_argument("out_dir", type=Path)
-    synth.add_argument("--pieces-per-form", type=int, default=16)
     synth.add_argument("--forms", nargs="+", default=None)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--min-tokens", type=int, default=256)
-    synth.add_argument("--max-tokens", type=int, default=1024)
-    synth.add_argument("--source", choices=("generated", "stitched"), default="generated")
+    synth.add_argument("--source", choices=SOURCES, default=SynthesisConfig.source)
     synth.add_argument("--source-dirs", nargs="*", type=Path, default=[])
-    synth.add_argument("--val-fraction", type=float, default=0.125)
-    synth.add_argument("--test-fraction", type=float, default=0.0)
+    _add_typed(
+        synth,
+        (
+            ("--pieces-per-form", SynthesisConfig.pieces_per_form, "pieces of each form"),
+            ("--seed", SynthesisConfig.seed, "the same seed writes byte-identical files"),
+            ("--min-tokens", SynthesisConfig.min_tokens, "shortest labelled sequence"),
+            ("--max-tokens", SynthesisConfig.max_tokens, "longest labelled sequence"),
+            ("--val-fraction", SynthesisConfig.val_fraction, "pieces of each form in val"),
+            ("--test-fraction", SynthesisConfig.test_fraction, "pieces of each form in test"),
+        ),
+    )
 
     for name, help_text in (
         ("index", "tokenize MIDI folders into a cached, split index"),
@@ -47,27 +60,30 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("sources", nargs="*", type=Path, help="folders or MIDI files")
         command.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
         command.add_argument("--mode", choices=("real", "synthetic"), default="real")
-        command.add_argument("--name", default="midi")
-        command.add_argument("--limit", type=int, default=0, help="first N files; 0 = all")
-        command.add_argument("--val-fraction", type=float, default=0.05)
-        command.add_argument("--test-fraction", type=float, default=0.05)
         command.add_argument("--no-labels", action="store_true", help="ignore <name>.json labels")
-        command.add_argument(
-            "--max-duration-s",
-            type=float,
-            default=IndexSettings.max_duration_s,
-            help="longest piece, first to last onset (default: 4 h); longer ones are skipped",
-        )
-        command.add_argument(
-            "--max-tokens",
-            type=int,
-            default=IndexSettings.max_tokens,
-            help="most tokens of one piece (default: 1,000,000); longer ones are skipped",
-        )
         command.add_argument(
             "--crop",
             action="store_true",
             help="crop a piece over a limit to the notes that fit instead of skipping it",
+        )
+        _add_typed(
+            command,
+            (
+                ("--name", "midi", "the data set's name in the cache"),
+                ("--limit", 0, "first N files; 0 = all"),
+                ("--val-fraction", 0.05, "pieces in val"),
+                ("--test-fraction", 0.05, "pieces in test"),
+                (
+                    "--max-duration-s",
+                    IndexSettings.max_duration_s,
+                    "longest piece, first to last onset (default: 4 h); longer ones are skipped",
+                ),
+                (
+                    "--max-tokens",
+                    IndexSettings.max_tokens,
+                    "most tokens of one piece (default: 1,000,000); longer ones are skipped",
+                ),
+            ),
         )
         command.add_argument(
             "--legacy-pickle-list",
@@ -80,37 +96,44 @@ def _parser() -> argparse.ArgumentParser:
             help="required with --legacy-pickle-list: unpickling executes code from the file",
         )
         if name == "index":
-            command.add_argument("--workers", type=int, default=None, help="default: all cores")
-            command.add_argument("--chunk-size", type=int, default=64)
-            command.add_argument(
-                "--file-timeout-s",
-                type=float,
-                default=WorkerLimits.timeout_s,
-                help="a file still being read after this long is skipped (default: 300)",
-            )
-            command.add_argument(
-                "--file-memory-mib",
-                type=int,
-                default=WorkerLimits.memory_mib,
-                help="memory one file may take in its worker, MiB (default: 8192)",
-            )
-            command.add_argument("--shard-index", type=int, default=0)
-            command.add_argument("--num-shards", type=int, default=1)
-            command.add_argument(
-                "--slurm-shards",
-                type=int,
-                default=0,
-                help="submit this many shards as a SLURM job array, then a merge job",
-            )
-            command.add_argument("--slurm-folder", type=Path, default=Path("slurm_index"))
-            command.add_argument(
-                "--slurm-set",
-                action="append",
-                default=[],
-                metavar="hydra.launcher.KEY=VALUE",
-                help="override a conf/cluster/slurm.yaml setting (partition, timeout_min, ...)",
-            )
+            _add_index_run_options(command)
     return parser
+
+
+def _add_index_run_options(command: argparse.ArgumentParser) -> None:
+    """How `index` runs: workers, per-file limits, sharding, SLURM."""
+    command.add_argument("--workers", type=int, default=None, help="default: all cores")
+    _add_typed(
+        command,
+        (
+            ("--chunk-size", 64, "files per worker task"),
+            (
+                "--file-timeout-s",
+                WorkerLimits.timeout_s,
+                "a file still being read after this long is skipped (default: 300)",
+            ),
+            (
+                "--file-memory-mib",
+                WorkerLimits.memory_mib,
+                "memory one file may take in its worker, MiB (default: 8192)",
+            ),
+            ("--shard-index", 0, "this process's shard"),
+            ("--num-shards", 1, "shards in all; `merge` joins them"),
+            (
+                "--slurm-shards",
+                0,
+                "submit this many shards as a SLURM job array, then a merge job",
+            ),
+            ("--slurm-folder", Path("slurm_index"), "where submitit writes its logs"),
+        ),
+    )
+    command.add_argument(
+        "--slurm-set",
+        action="append",
+        default=[],
+        metavar="hydra.launcher.KEY=VALUE",
+        help="override a conf/cluster/slurm.yaml setting (partition, timeout_min, ...)",
+    )
 
 
 def _sources(args: argparse.Namespace) -> list[Path]:

@@ -2,48 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec, generate_with_cache
 from staria.models.decoder import CausalDecoder
 from staria.models.xtransformers import build_decoder_net
-from staria.tokenizer.vocabulary import VOCAB_SIZE
 
 
+@dataclass(eq=False, repr=False)
 class DecoderOnlyBaseline(CausalDecoder):
     """x-transformers decoder LM; the snippets reach it as a token prompt instead.
 
-    Full size (16 layers, 24 heads x dim_head 64 = 1536 wide, learned absolute positions over
-    4,096, GELU feed-forward x4, untied head, 17,742 tokens) has 513,953,280 parameters.
-    `aria_layout=True` gives Aria-medium's block so Aria weights load (`staria.models.pretrained`).
-    `num_tokens` defaults to the tokenizer's vocabulary.
+    Full size (the defaults: 16 layers, 24 heads x dim_head 64 = 1536 wide, learned absolute
+    positions over 4,096, GELU feed-forward x4, untied head, 17,742 tokens) has 513,953,280
+    parameters. Arguments: `TrunkShape` and `aria_layout`.
     """
 
-    def __init__(
-        self,
-        num_tokens: int = VOCAB_SIZE,
-        dim: int = 1536,
-        depth: int = 16,
-        heads: int = 24,
-        dim_head: int = 64,
-        max_seq_len: int = 4096,
-        aria_layout: bool = False,
-        attn_flash: bool = False,
-        activation_checkpointing: bool = False,
-    ) -> None:
-        super().__init__()
-        self.net = build_decoder_net(
-            num_tokens,
-            dim,
-            depth,
-            heads,
-            dim_head,
-            max_seq_len,
-            aria_layout=aria_layout,
-            attn_flash=attn_flash,
-            activation_checkpointing=activation_checkpointing,
-        )
+    aria_layout: bool = False
+
+    def __post_init__(self) -> None:
+        nn.Module.__init__(self)
+        self.net = build_decoder_net(self, self.aria_layout)
 
     def forward(
         self, tokens: Tensor, token_mask: Tensor, return_embeddings: bool = False

@@ -9,6 +9,8 @@ scratch, where a closed gate keeps the snippets' gradient small for many steps.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from x_transformers import TransformerWrapper
@@ -16,16 +18,20 @@ from x_transformers import TransformerWrapper
 from staria.models.autoregressive import DEFAULT_DECODING, DecodingSpec, generate_with_cache
 from staria.models.xtransformers import (
     Adapter,
+    Bridge,
     GatedCrossAttention,
+    TrunkShape,
     build_decoder_net,
     decoder_blocks,
     norm_modules,
 )
-from staria.tokenizer.vocabulary import VOCAB_SIZE
 
 
-class CausalDecoder(nn.Module):
-    """An x-transformers causal LM (`net`) with the views training and loading need."""
+class CausalDecoder(TrunkShape, nn.Module):
+    """An x-transformers causal LM (`net`) with the views training and loading need; its shape
+    defaults (`TrunkShape`) are Aria-medium's: 16 layers, 24 heads x 64 = 1536 wide, 4,096
+    positions. `aria_layout=True` gives Aria's block so Aria weights load (`models.pretrained`).
+    """
 
     net: TransformerWrapper
 
@@ -41,46 +47,26 @@ class CausalDecoder(nn.Module):
         return norm_modules(self.net)
 
 
+@dataclass(eq=False, repr=False)
 class CrossAttendingDecoder(CausalDecoder):
     """Staria's decoder: a causal LM over the piece that cross-attends to all snippet token states.
 
     Full size is Aria-medium's shape: 16 layers, 24 heads x dim_head 64 = 1536 wide, context 4,096.
     Each block is self-attention, gated cross-attention (tanh(gate) starts at tanh(`gate_init`)),
     feed-forward + adapter. Learned absolute positions (the default layout) stop cached decoding
-    at `max_seq_len`. `num_tokens` defaults to the tokenizer's vocabulary (17,742).
+    at `max_seq_len`. The context is `context_dim` wide (default `dim`); adapters have a
+    bottleneck of `adapter_dim`. Arguments: `TrunkShape` and these.
     """
 
-    def __init__(
-        self,
-        num_tokens: int = VOCAB_SIZE,
-        dim: int = 1536,
-        depth: int = 16,
-        heads: int = 24,
-        dim_head: int = 64,
-        max_seq_len: int = 4096,
-        context_dim: int | None = None,
-        adapter_dim: int = 96,
-        gate_init: float = 0.0,
-        aria_layout: bool = False,
-        attn_flash: bool = False,
-        activation_checkpointing: bool = False,
-    ) -> None:
-        super().__init__()
-        self.net = build_decoder_net(
-            num_tokens,
-            dim,
-            depth,
-            heads,
-            dim_head,
-            max_seq_len,
-            aria_layout=aria_layout,
-            cross_attend=True,
-            context_dim=context_dim,
-            adapter_dim=adapter_dim,
-            gate_init=gate_init,
-            attn_flash=attn_flash,
-            activation_checkpointing=activation_checkpointing,
-        )
+    context_dim: int | None = None
+    adapter_dim: int = 96
+    gate_init: float = 0.0
+    aria_layout: bool = False
+
+    def __post_init__(self) -> None:
+        nn.Module.__init__(self)
+        bridge = Bridge(self.context_dim or self.dim, self.adapter_dim, self.gate_init)
+        self.net = build_decoder_net(self, self.aria_layout, bridge)
 
     def forward(
         self,

@@ -16,6 +16,8 @@ bound moves. What is adapted here:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -28,7 +30,27 @@ from x_transformers.x_transformers import (
     RotaryEmbedding,
 )
 
+from staria.tokenizer.vocabulary import VOCAB_SIZE
+
 ARIA_ROTARY_BASE = 500_000
+
+
+@dataclass(eq=False, repr=False)
+class TrunkShape:
+    """The size of an x-transformers trunk, the settings every Staria network starts from
+    (each network's class, a dataclass, overrides the defaults it needs): `num_tokens` ids
+    (the tokenizer's vocabulary), `depth` layers of `heads` x `dim_head` attention on a `dim`
+    residual stream, positions up to `max_seq_len`; `attn_flash` uses torch's SDPA,
+    `activation_checkpointing` recomputes each layer in the backward pass."""
+
+    num_tokens: int = VOCAB_SIZE
+    dim: int = 1536
+    depth: int = 16
+    heads: int = 24
+    dim_head: int = 64
+    max_seq_len: int = 4096
+    attn_flash: bool = False
+    activation_checkpointing: bool = False
 
 
 class GatedCrossAttention(nn.Module):
@@ -75,21 +97,19 @@ class AdaptedFeedForward(nn.Module):
         return out + self.adapter(out)
 
 
+@dataclass(frozen=True)
+class Bridge:
+    """What joins a decoder to the snippet encoder: gated cross-attention to a context
+    `context_dim` wide in every block, its gate starting at `gate_init` (tanh(gate) scales the
+    branch), and, with `adapter_dim > 0`, an adapter after each feed-forward."""
+
+    context_dim: int
+    adapter_dim: int = 0
+    gate_init: float = 0.0
+
+
 def build_decoder_net(
-    num_tokens: int,
-    dim: int,
-    depth: int,
-    heads: int,
-    dim_head: int,
-    max_seq_len: int,
-    *,
-    aria_layout: bool = False,
-    cross_attend: bool = False,
-    context_dim: int | None = None,
-    adapter_dim: int = 0,
-    gate_init: float = 0.0,
-    attn_flash: bool = False,
-    activation_checkpointing: bool = False,
+    shape: TrunkShape, aria_layout: bool = False, bridge: Bridge | None = None
 ) -> TransformerWrapper:
     """The x-transformers causal LM that both the baseline and the Staria decoder are made of.
 
@@ -97,11 +117,10 @@ def build_decoder_net(
     feed-forward x4 with biases, bias-free LayerNorm, untied output head. `aria_layout=True` gives
     Aria's block instead: rotary positions (base 500,000, full head width, interleaved pairs),
     SwiGLU feed-forward x4 without biases, nn.LayerNorm with bias (as Aria's norm1/norm2).
-    With `cross_attend`, every block gets gated cross-attention to a context of `context_dim`
-    (default `dim`), gate starting at `gate_init`; `adapter_dim > 0` adds an adapter after each
-    feed-forward.
+    With a `bridge`, every block gets its gated cross-attention (and adapter).
     """
-    layer_kwargs: dict = {"attn_dim_head": dim_head, "attn_flash": attn_flash}
+    dim, dim_head = shape.dim, shape.dim_head
+    layer_kwargs: dict = {"attn_dim_head": dim_head, "attn_flash": shape.attn_flash}
     if aria_layout:
         layer_kwargs |= {
             "rotary_pos_emb": True,
@@ -110,41 +129,38 @@ def build_decoder_net(
             "ff_swish": True,
             "ff_no_bias": True,
         }
-    if cross_attend:
-        layer_kwargs |= {"cross_attend": True, "cross_attn_dim_context": context_dim or dim}
-    layers = Decoder(dim=dim, depth=depth, heads=heads, **layer_kwargs)
+    if bridge is not None:
+        layer_kwargs |= {"cross_attend": True, "cross_attn_dim_context": bridge.context_dim}
+    layers = Decoder(dim=dim, depth=shape.depth, heads=shape.heads, **layer_kwargs)
     if aria_layout:
         _to_aria_layout(layers, dim, dim_head)
     for layer_type, layer in zip(layers.layer_types, layers.layers, strict=True):
         if layer_type == "c":
-            layer[1] = GatedCrossAttention(layer[1], gate_init)
-        elif layer_type == "f" and adapter_dim > 0:
-            layer[1] = AdaptedFeedForward(layer[1], Adapter(dim, adapter_dim))
-    if activation_checkpointing:
-        checkpoint_layers(layers)
-    return TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers)
+            layer[1] = GatedCrossAttention(layer[1], bridge.gate_init)
+        elif layer_type == "f" and bridge is not None and bridge.adapter_dim > 0:
+            layer[1] = AdaptedFeedForward(layer[1], Adapter(dim, bridge.adapter_dim))
+    return _wrapped(layers, shape)
 
 
-def build_encoder_net(
-    num_tokens: int,
-    dim: int,
-    depth: int,
-    heads: int,
-    dim_head: int,
-    max_seq_len: int,
-    *,
-    attn_flash: bool = False,
-    activation_checkpointing: bool = False,
-) -> TransformerWrapper:
+def build_encoder_net(shape: TrunkShape) -> TransformerWrapper:
     """A bidirectional x-transformers encoder returning token states [N,L,dim] (no head),
     learned absolute positions over `max_seq_len`."""
     layers = Encoder(
-        dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, attn_flash=attn_flash
+        dim=shape.dim,
+        depth=shape.depth,
+        heads=shape.heads,
+        attn_dim_head=shape.dim_head,
+        attn_flash=shape.attn_flash,
     )
-    if activation_checkpointing:
+    return _wrapped(layers, shape, return_only_embed=True)
+
+
+def _wrapped(layers: AttentionLayers, shape: TrunkShape, **options) -> TransformerWrapper:
+    """The token embedding, positions and (unless `return_only_embed`) head around `layers`."""
+    if shape.activation_checkpointing:
         checkpoint_layers(layers)
     return TransformerWrapper(
-        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True
+        num_tokens=shape.num_tokens, max_seq_len=shape.max_seq_len, attn_layers=layers, **options
     )
 
 
