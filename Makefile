@@ -21,7 +21,7 @@ GEN_ARGS   ?=
 CLASSIFIER ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo bench gpu-check fuzz sweep slurm-up slurm-down clean generate eval stats report experiment
+.PHONY: help install test lint format demo recipe bench gpu-check fuzz sweep slurm-up slurm-down clean generate eval stats report experiment
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -48,26 +48,29 @@ format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-DEMO_TRAIN = $(VENV)/bin/staria-train paths.runs_dir=$(abspath $(DEMO_RUNS))
-DEMO_STARIA = $(DEMO_RUNS)/demo_staria
+DEMO_RECIPE = $(DEMO_RUNS)/demo
 DEMO_VAL = "$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
+# The staged recipe: a contrastive encoder run, a decoder-only run (or none), the Staria preset
+# at stage A, B, C; ARGS are Hydra overrides for every phase.
+ENCODER ?= demo_encoder
+DECODER ?= demo_baseline
+STARIA  ?= demo
+RECIPE_RUNS ?= runs/recipe
+ARGS ?=
 
-demo: install ## the whole loop on synthetic data: tiny Staria A/B/C + baseline -> generate -> evaluate -> report
-	@echo "== [1/7] tokenizer round trip on a built-in example"
+demo: install ## the whole loop on synthetic data: the staged recipe (contrastive encoder, decoder-only pretraining = the baseline, Staria A/B/C) -> generate -> evaluate -> report
+	@echo "== [1/4] tokenizer round trip on a built-in example"
 	$(VENV)/bin/staria-tokenize roundtrip
-	@echo "== [2/7] Staria stage A: cross-attention + adapters (synthetic data is made and indexed on first use)"
-	$(DEMO_TRAIN) experiment=demo stage=A
-	@echo "== [3/7] Staria stage B: progressive decoder unfreezing, from stage A"
-	$(DEMO_TRAIN) experiment=demo stage=B init_from=$(DEMO_STARIA)/stage-A/checkpoints/last.ckpt
-	@echo "== [4/7] Staria stage C: everything, from stage B"
-	$(DEMO_TRAIN) experiment=demo stage=C init_from=$(DEMO_STARIA)/stage-B/checkpoints/last.ckpt
-	@echo "== [5/7] decoder-only baseline"
-	$(DEMO_TRAIN) experiment=demo_baseline
-	@echo "== [6/7] generate and evaluate Staria stage C"
-	$(MAKE) --no-print-directory eval CKPT=$(DEMO_STARIA)/stage-C/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
-	@echo "== [7/7] generate and evaluate the baseline"
-	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RUNS)/demo_baseline/stage-none/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
-	@echo "== done: open the two reports, $(DEMO_STARIA)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RUNS)/demo_baseline/stage-none/generated/$(GEN_NAME)/evaluation/report.html"
+	@echo "== [2/4] the staged recipe: contrastive encoder, decoder-only run (the baseline), Staria stages A, B, C (synthetic data is made and indexed on first use)"
+	$(PY) -m staria.research.recipe --encoder demo_encoder --decoder demo_baseline --staria demo --runs-dir $(DEMO_RECIPE)
+	@echo "== [3/4] generate and evaluate Staria stage C"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RECIPE)/stage-C/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
+	@echo "== [4/4] generate and evaluate the decoder-only baseline"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RECIPE)/decoder/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
+	@echo "== done: open the two reports, $(DEMO_RECIPE)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RECIPE)/decoder/generated/$(GEN_NAME)/evaluation/report.html"
+
+recipe: install ## the staged recipe, resumable: ENCODER (contrastive) -> DECODER (decoder-only, or none) -> STARIA stage A, B, C under RECIPE_RUNS [ARGS=hydra overrides]
+	$(PY) -m staria.research.recipe --encoder $(ENCODER) --decoder $(DECODER) --staria $(STARIA) --runs-dir $(RECIPE_RUNS) $(ARGS)
 
 gpu-check: install ## full-size training step (bf16, flash/compile on and off, MFU), generation tokens/s on one GPU (< 8 min)
 	timeout 480 $(PY) benchmarks/gpu_check.py

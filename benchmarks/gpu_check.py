@@ -27,20 +27,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hydra
 import torch
-from omegaconf import OmegaConf
 
 from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter
-from staria.paths import REPO_ROOT
+from staria.training.config import compose_net
 
-NETS = REPO_ROOT / "conf" / "model" / "net"
 # Dense bf16 tensor-core peaks (vendor data sheets, FLOP/s) for MFU; others use the matmul rate.
 SPEC_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
 def build(name: str, flash: bool, device: torch.device) -> torch.nn.Module:
     """A network of `conf/model/net/<name>.yaml` with flash attention (SDPA) on or off."""
-    config = OmegaConf.load(NETS / f"{name}.yaml")
+    config = compose_net(name)
     for node in (config, config.get("encoder"), config.get("decoder")):
         if node is not None and "attn_flash" in node:
             node.attn_flash = flash

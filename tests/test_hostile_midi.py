@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from midi_oracle import FIXTURES, case_folders, midi_file, mido_events, mido_file, raw_track_file
 
 from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
 from staria.tokenizer.midi_events import MAX_VLQ_VALUE, read_events, write_events
@@ -29,6 +28,14 @@ from staria.tokenizer.midi_io import (
     _pair_notes,
     _sustained_ends,
     notes_to_midi_bytes,
+)
+from tests.midi_oracle import (
+    FIXTURES,
+    case_folders,
+    midi_file,
+    mido_events,
+    mido_file,
+    raw_track_file,
 )
 
 _CASE_RUNNER = """

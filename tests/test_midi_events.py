@@ -4,11 +4,11 @@ import random
 
 import mido
 import pytest
-from midi_oracle import midi_file, mido_accepts, mido_events, our_events
 
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.tokenizer.midi_events import MidiFormatError, read_events
 from staria.tokenizer.midi_io import MidiReadError, read_notes
+from tests.midi_oracle import midi_file, mido_accepts, mido_events, our_events
 
 ORACLE_FILES = [
     "aria-utils-tests/arabesque.mid",  # pedal in its own note-less track

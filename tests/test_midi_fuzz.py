@@ -16,10 +16,10 @@ import os
 import random
 
 import pytest
-from midi_oracle import FIXTURES, mido_events, mido_file, mutate, mutate_messages, our_events
 
 from staria.tokenizer.midi_events import MidiFormatError
 from staria.tokenizer.midi_io import MidiReadError
+from tests.midi_oracle import FIXTURES, mido_events, mido_file, mutate, mutate_messages, our_events
 
 CASES = int(os.environ.get("STARIA_FUZZ_CASES", "3000"))
 SEED = int(os.environ.get("STARIA_FUZZ_SEED", "0"))

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pretty_midi
 import pytest
-from aria_reference import VENDORED_FILES, VENDORED_VOCAB_SHA256, vocabulary_digest
-from aria_reference import folder as aria_folder
-from aria_reference import reference as aria_reference
 
 from staria.tokenizer.cli import roundtrip_report, write_example_midi
 from staria.tokenizer.midi_io import MidiReadError
 from staria.tokenizer.vocabulary import VOCAB_SIZE
+from tests.aria_reference import VENDORED_FILES, VENDORED_VOCAB_SHA256, vocabulary_digest
+from tests.aria_reference import folder as aria_folder
+from tests.aria_reference import reference as aria_reference
 
 ARIA = aria_folder()
 _reference = aria_reference()

@@ -6,13 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from staria.data import MidiDataModule
 from staria.data.datamodule import synthetic_pieces
 from staria.data.synthetic import SynthesisConfig
-from staria.paths import REPO_ROOT
+from tests.harness import compose_config
 
 TINY = ["snippet_len=32", "max_seq_len=256", "batch_size=4"]
 TINY_SYNTHESIS = [
@@ -28,16 +27,11 @@ def cache_dir(tmp_path_factory):
 
 
 def make_module(cache_dir: Path, *overrides: str, config: str = "synthetic") -> MidiDataModule:
-    """The data group alone; `task` and `model_kind`, which the model group decides in a
-    training config, default to Staria's generative batches."""
-    given = {override.split("=")[0] for override in overrides}
-    layout = [
-        f"{k}={v}" for k, v in (("task", "generative"), ("model_kind", "staria")) if k not in given
-    ]
-    with initialize_config_dir(str(REPO_ROOT / "conf" / "data"), version_base="1.3"):
-        shrink = [*TINY, *(TINY_SYNTHESIS if config == "synthetic" else [])]
-        cfg = compose(config, overrides=[*shrink, f"cache_dir={cache_dir}", *layout, *overrides])
-    module = instantiate(cfg)
+    """The data group of the composed training config (`overrides` relative to it); `task`
+    and `model_kind` follow the default model, Staria: generative batches."""
+    shrink = [*TINY, *(TINY_SYNTHESIS if config == "synthetic" else [])]
+    data = [f"data.{item}" for item in (*shrink, f"cache_dir={cache_dir}", *overrides)]
+    module = instantiate(compose_config("train", f"data={config}", *data).data)
     module.prepare_data()
     module.setup("fit")
     return module

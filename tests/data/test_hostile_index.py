@@ -14,7 +14,13 @@ from pathlib import Path
 
 import mido
 import pytest
-from midi_oracle import (
+
+from staria.data.isolation import WorkerLimits
+from staria.data.labels import SPLITS
+from staria.data.preprocess import IndexSettings, build_index
+from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
+from tests.midi_oracle import (
     FIXTURES,
     case_folders,
     midi_file,
@@ -22,13 +28,7 @@ from midi_oracle import (
     mutate_messages,
     tempo_dense_file,
 )
-from processes import descendants, gone_within, running
-
-from staria.data.isolation import WorkerLimits
-from staria.data.labels import SPLITS
-from staria.data.preprocess import IndexSettings, build_index
-from staria.tokenizer import MusicTokenizerWithStyle
-from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
+from tests.processes import descendants, gone_within, running
 
 STARIA_DATA = [sys.executable, "-c", "from staria.data.cli import main; main()"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import gone_within, running
 
 from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
+from tests.processes import gone_within, running
 
 
 def _work(offset, item):
@@ -64,7 +64,7 @@ def test_closing_early_kills_the_workers():
 
 _RUN_UNTIL_KILLED = """
 import sys
-from test_isolation import _work
+from tests.data.test_isolation import _work
 from staria.data.isolation import map_isolated
 outcomes = map_isolated(_work, ["pid", "pid", "hang", "hang"], workers=2)
 print(next(outcomes)[1], next(outcomes)[1], flush=True)
@@ -80,7 +80,7 @@ def test_killing_the_parent_kills_its_workers():
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent,
-        env={**os.environ, "PYTHONPATH": f"{Path(__file__).parent}:{Path(__file__).parents[1]}"},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     workers = [int(pid) for pid in process.stdout.readline().split()]
     assert len(workers) == 2 and all(running(pid) for pid in workers)

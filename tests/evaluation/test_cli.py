@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
-from generation.runs import train_tiny_run
-from hydra import compose, initialize_config_dir
 
 from staria.data.cache import CachedSplit
 from staria.data.datasets import PieceSource
@@ -18,8 +16,9 @@ from staria.data.sequences import TokenLayout
 from staria.evaluation.cli import main
 from staria.evaluation.notes import sectioned_notes
 from staria.generation.generate import generate
-from staria.paths import REPO_ROOT
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenKind, TokenTable
+from tests.generation.runs import train_tiny_run
+from tests.harness import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +27,15 @@ def evaluated(tmp_path_factory) -> dict[str, Path]:
     staria = train_tiny_run(root, "smoke", "staria")
     classifier = train_tiny_run(root, "classifier", "classifier")
     gen_dir = root / "generated"
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "generate",
-            [
-                f"checkpoint={staria}",
-                f"out_dir={gen_dir}",
-                "num_samples=4",
-                "device=cpu",
-                "sampling.max_length=120",
-                "sampling.top_k=50",
-            ],
-        )
+    cfg = compose_config(
+        "generate",
+        f"checkpoint={staria}",
+        f"out_dir={gen_dir}",
+        "num_samples=4",
+        "device=cpu",
+        "sampling.max_length=120",
+        "sampling.top_k=50",
+    )
     generate(cfg)
     (val,) = (root / "cache").glob("dataset_*_val")
     eval_dir = root / "evaluation"

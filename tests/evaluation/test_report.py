@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import wandb
-from evaluation.midi_files import write_midi
 
 from staria.evaluation.audio import render_audio, wav_bytes
 from staria.evaluation.report import SampleMedia, log_to_wandb, render_samples, write_report
 from staria.evaluation.samples import GeneratedSample
 from staria.tokenizer import TokenTable
+from tests.evaluation.midi_files import write_midi
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
-from evaluation.midi_files import write_midi
 
 from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.samples import GeneratedSample
@@ -19,10 +18,11 @@ from staria.evaluation.structure_metrics import (
     section_similarities,
     structure_metrics,
     texture,
-    wilson_interval,
 )
+from staria.statistics import wilson_interval
 from staria.tokenizer import SEGMENT_MS, TokenKind, TokenTable
 from staria.tokenizer.midi_io import NoteTable, read_notes
+from tests.evaluation.midi_files import write_midi
 
 # Three rising notes, 500 ms apart (A), and a repeated D at the same pace (B).
 A_NOTES = [(60, 0, 500), (64, 500, 500), (67, 1000, 500)]

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
-from generation.runs import train_tiny_run
-from hydra import compose, initialize_config_dir
 
 from staria.data.cache import CachedSplit
 from staria.data.datasets import PieceSource, SequenceSettings, section_snippets
@@ -20,9 +18,10 @@ from staria.generation.generate import generate
 from staria.generation.manifest import OutputFolderError
 from staria.generation.prompts import PromptError, piece_from_split
 from staria.generation.sampling import SamplingConfigError
-from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import read_notes
+from tests.generation.runs import train_tiny_run
+from tests.harness import compose_config
 
 TOKENIZER = MusicTokenizerWithStyle()
 MANIFEST_SAMPLE_KEYS = {"file", "form", "style", "token_ids", "prompt_ids", "ended_with_eos"}
@@ -39,12 +38,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def run_generate(checkpoint: Path, out_dir: Path, *overrides: str) -> Path:
     settings = [f"checkpoint={checkpoint}", f"out_dir={out_dir}", "device=cpu"]
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "generate",
-            [*settings, "num_samples=3", "batch_size=2", "sampling.max_length=48", *overrides],
-        )
-    return generate(cfg)
+    shrink = ["num_samples=3", "batch_size=2", "sampling.max_length=48"]
+    return generate(compose_config("generate", *settings, *shrink, *overrides))
 
 
 def val_split(checkpoint: Path) -> CachedSplit:

@@ -4,15 +4,14 @@ model: determinism under a seed, each sample stopping at its own <E> or at max_l
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from staria.generation.generate import generate
 from staria.generation.prompts import scratch_prompt
 from staria.generation.sampling import SamplingConfigError, SamplingSettings, sample_pieces
 from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
 from staria.models.autoregressive import LogitsFilter, LogitsFilterError
-from staria.paths import REPO_ROOT
 from staria.tokenizer import MusicTokenizerWithStyle
+from tests.harness import compose_config
 
 PROBS = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
 LOGITS = PROBS.log()
@@ -94,8 +93,7 @@ def test_temperature_zero_is_greedy_from_the_command_line_too():
 
 
 def test_generate_rejects_temperature_from_the_command_line_before_loading_anything():
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("generate", ["checkpoint=/nonexistent.ckpt", "sampling.temperature=3.0"])
+    cfg = compose_config("generate", "checkpoint=/nonexistent.ckpt", "sampling.temperature=3.0")
     with pytest.raises(SamplingConfigError, match=r"sampling\.temperature=3\.0.*\[0\.1, 2\.0\]"):
         generate(cfg)
 

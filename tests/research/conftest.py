@@ -1,9 +1,9 @@
 """A briefly trained comparison classifier, shared by the tests of this folder."""
 
 import pytest
-from research.tiny import TINY_TRAINING
 
 from staria.research.phases import last_checkpoint, run_train_phase
+from tests.research.tiny import TINY_TRAINING
 
 
 @pytest.fixture(scope="package")

@@ -3,13 +3,13 @@
 import json
 
 import numpy as np
-from research.tiny import TINY_TRAINING
 
 from staria.generation.manifest import MANIFEST_FILE
 from staria.research.phases import last_checkpoint, run_generate_phase, run_train_phase
 from staria.research.wake_sleep import dream_labels, dream_phase
 from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
 from staria.training.resume import FINISHED_MARKER
+from tests.research.tiny import TINY_TRAINING
 
 
 def test_a_finished_train_phase_is_skipped(classifier_run):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from training.runs import first_train_batch
 
 from staria.data.datamodule import MidiDataModule
 from staria.data.labels import PieceLabels, labels_path
@@ -19,6 +18,7 @@ from staria.research.phases import last_checkpoint
 from staria.research.wake_sleep import label_phase
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import read_notes
+from tests.training.runs import first_train_batch
 
 PROMPTS = "aria-example-prompts"
 

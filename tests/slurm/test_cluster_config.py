@@ -1,19 +1,12 @@
 """The cluster group composes into the real train.yaml: presets size the job from the trainer."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 
-from staria.training.config import register_configs
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from tests.harness import compose_config
 
 
 def compose_train(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
+    return compose_config("train", *overrides, hydra_node=True)
 
 
 def test_local_is_the_default_and_keeps_hydra_basic_launcher():

@@ -13,19 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
-from staria.training.config import register_configs
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
 from staria.training.runs_table import find_runs, read_run
+from tests.harness import compose_config
 
 pytestmark = pytest.mark.slurm
 
 STARIA_TRAIN = Path(sys.executable).with_name("staria-train")
-PROBES_DIR = Path(__file__).parent
 SWEEP_DIR = Path("runs/smoke")
 SMALL_DATA = ("data.max_seq_len=128",)
 
@@ -38,9 +36,7 @@ def data_cache(tmp_path_factory) -> Path:
     one replaces the folder the other is indexing: `datamodule.synthetic_pieces`).
     """
     cache = tmp_path_factory.mktemp("data_cache")
-    register_configs()
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        config = compose("train", overrides=["experiment=smoke", *SMALL_DATA])
+    config = compose_config("train", "experiment=smoke", *SMALL_DATA)
     instantiate(config.data, cache_dir=str(cache)).prepare_data()
     return cache
 
@@ -64,9 +60,7 @@ def staria_train_on_slurm(
     env = {
         **os.environ,
         "STARIA_DATA_CACHE": str(data_cache),
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(PROBES_DIR), os.environ.get("PYTHONPATH")])
-        ),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
     }
@@ -143,7 +137,7 @@ def test_two_node_ddp_with_gloo_trains_and_ranks_agree(slurm_cluster, tmp_path, 
         "trainer.devices=1",
         "trainer.strategy=ddp",
         "hydra.launcher.timeout_min=5",
-        "+callbacks.rank_report._target_=training_probes.RankReport",
+        "+callbacks.rank_report._target_=tests.slurm.training_probes.RankReport",
         timeout_s=240,
     )
     run_dir = only_run(tmp_path / SWEEP_DIR)
@@ -179,10 +173,10 @@ def test_job_past_its_time_limit_checkpoints_requeues_and_resumes(
         "trainer.val_check_interval=1000",
         "trainer.log_every_n_steps=1",
         "callbacks.checkpointing.last_every_n_steps=50",
-        "+callbacks.pace._target_=training_probes.StepPace",
+        "+callbacks.pace._target_=tests.slurm.training_probes.StepPace",
         f"+callbacks.pace.step_s={step_s}",
         "trainer.limit_val_batches=2",
-        "+callbacks.validation_pace._target_=training_probes.ValidationPace",
+        "+callbacks.validation_pace._target_=tests.slurm.training_probes.ValidationPace",
         "+callbacks.validation_pace.batch_s=45",
         timeout_s=400,
     )

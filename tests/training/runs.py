@@ -10,58 +10,34 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from staria.data import MidiDataModule
 from staria.paths import REPO_ROOT
-
-CONF_DIR = REPO_ROOT / "conf"
-TESTS_DIR = REPO_ROOT / "tests"
+from tests.harness import compose_config, compose_train
 
 
 def run_staria_train(
     cwd: Path, *args: str, timeout_s: float = 300, **env: str
 ) -> subprocess.CompletedProcess:
     """`staria-train ARGS` as a real process in `cwd` (one torch thread; the test helpers such
-    as `training.runs.SignalAtStep` importable); `env` adds variables."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR), **env}
+    as `tests.training.runs.SignalAtStep` importable); `env` adds variables."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **env}
     command = [sys.executable, "-m", "staria.training.cli", *args]
     return subprocess.run(
         command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout_s
     )
 
 
-def compose_train(run_dir: Path, *overrides: str, logger: str = "none") -> DictConfig:
-    """`train.yaml` small enough for a CPU test, with `run_dir` as the run folder."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.run_dir={run_dir}",
-                "print_config=false",
-                f"logger={logger}",
-                "data.max_seq_len=128",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra  # as in a real run: the task function never sees the `hydra` node
-    return cfg
-
-
-def smoke(run_dir: Path, *overrides: str, logger: str = "none") -> DictConfig:
-    return compose_train(run_dir, "experiment=smoke", *overrides, logger=logger)
+def smoke(run_dir: Path, *overrides: str) -> DictConfig:
+    """The smoke preset, shrunk, with `run_dir` as its run folder."""
+    return compose_train(run_dir, "experiment=smoke", *overrides)
 
 
 def synthetic_datamodule(cache_dir: Path, **overrides) -> MidiDataModule:
-    """`conf/data/synthetic.yaml` with `overrides` merged in (nested `synthesis` keys too)."""
-    data_config = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml")
-    # what the model group decides in a composed config (data_for_model): Staria's layout
-    data_config.merge_with({"task": "generative", "model_kind": "staria"})
+    """The composed config's synthetic data group (Staria's generative batches, as the default
+    model decides) with `overrides` as arguments (nested `synthesis` keys too)."""
+    data_config = compose_config("train", "data=synthetic").data
     return hydra.utils.instantiate(data_config, cache_dir=str(cache_dir), **overrides)
 
 

@@ -6,7 +6,8 @@ import shlex
 import subprocess
 
 import pytest
-from training.runs import run_staria_train
+
+from tests.training.runs import run_staria_train
 
 TINY = ("experiment=smoke", "data.max_seq_len=128")
 
@@ -32,7 +33,7 @@ def test_a_smoke_run_piped_to_a_file_prints_at_most_40_readable_lines(tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_run_ends_with_the_command_that_resumes_it(tmp_path):
     signal_at_step = (
-        "+callbacks.signal._target_=training.runs.SignalAtStep",
+        "+callbacks.signal._target_=tests.training.runs.SignalAtStep",
         "+callbacks.signal.step=2",
         "+callbacks.signal.signal_name=SIGTERM",
     )

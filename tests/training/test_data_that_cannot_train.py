@@ -4,11 +4,11 @@ needed; the run folder stays as it was (no half-made run marked finished at step
 import shutil
 
 import pytest
-from training.runs import compose_train, run_staria_train
 
 from staria.data.datamodule import NotEnoughDataError
 from staria.paths import REPO_ROOT
 from staria.training.train import train
+from tests.training.runs import compose_train, run_staria_train
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "midi"
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from torch.utils.data import DataLoader, DistributedSampler
-from training.runs import synthetic_datamodule
 
 from staria.data.collate import Collator
 from staria.training.config import compose_net
 from staria.training.tasks import StariaTask
+from tests.training.runs import synthetic_datamodule
 
 GLOBAL_BATCH = 4
 STEPS = 2

@@ -16,15 +16,6 @@ import pytest
 import torch
 import wandb
 from lightning.pytorch.trainer.states import TrainerStatus
-from training.runs import (
-    KillAt,
-    SignalAtStep,
-    SigtermAfterLightningsHandler,
-    SimulatedKill,
-    add_callback,
-    preempt_at_step,
-    smoke,
-)
 
 from staria.training import checkpointing
 from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, CheckpointHistory
@@ -39,6 +30,15 @@ from staria.training.train import (
     RunConfigChangedError,
     UnusableCheckpointsError,
     train,
+)
+from tests.training.runs import (
+    KillAt,
+    SignalAtStep,
+    SigtermAfterLightningsHandler,
+    SimulatedKill,
+    add_callback,
+    preempt_at_step,
+    smoke,
 )
 
 SIX_STEPS = ("trainer.max_steps=6",)
@@ -104,7 +104,7 @@ def test_preemption_inside_an_accumulation_window_saves_at_the_window_end(tmp_pa
 
 
 def test_validation_checkpoints_and_logging_count_optimizer_steps_under_accumulation(tmp_path):
-    cfg = smoke(tmp_path, "trainer.max_steps=4", "trainer.accumulate_grad_batches=3", logger="csv")
+    cfg = smoke(tmp_path, "trainer.max_steps=4", "trainer.accumulate_grad_batches=3", "logger=csv")
     train(cfg)
     events = CheckpointHistory(tmp_path / "checkpoints").events()
     assert sorted({e["step"] for e in events if e["metric"] == "val/loss"}) == [2, 4]
@@ -257,7 +257,7 @@ def test_each_job_in_one_process_owns_and_finishes_its_wandb_run(tmp_path, monke
     run_ids = []
     for seed in (0, 1):  # what a local `-m seed=0,1` does: two jobs, one process
         run_dir = tmp_path / str(seed)
-        cfg = smoke(run_dir, "trainer.max_steps=2", f"seed={seed}", logger="wandb")
+        cfg = smoke(run_dir, "trainer.max_steps=2", f"seed={seed}", "logger=wandb")
         train(cfg)
         assert wandb.run is None, "the job finished its W&B run"
         run_ids.append(cfg.run_id)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import descendants, gone_within
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT
 from staria.training.resume import FINISHED_MARKER, resume_point
 from staria.training.train import EXIT_INTERRUPTED
+from tests.processes import descendants, gone_within
 
 KILLABLE = Path(__file__).with_name("killable_run.py")
 OVERRIDES = (
@@ -40,7 +40,7 @@ def environment(tmp_path_factory) -> dict[str, str]:
         **os.environ,
         "STARIA_DATA_CACHE": str(tmp_path_factory.mktemp("data_cache")),
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO_ROOT / "tests"),
+        "PYTHONPATH": str(REPO_ROOT),
     }
 
 

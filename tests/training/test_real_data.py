@@ -1,9 +1,9 @@
 """The small real-data preset trains on the shared real MIDI folder and its loss falls."""
 
 import pytest
-from training.runs import compose_train
 
 from staria.training.train import train
+from tests.training.runs import compose_train
 
 
 @pytest.mark.slow

@@ -5,10 +5,7 @@ import json
 import random
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
-from training.runs import CONF_DIR, run_staria_train
 
 from staria.training.config import register_configs
 from staria.training.resume import FINISHED_MARKER
@@ -20,6 +17,8 @@ from staria.training.run_identity import (
     training_settings,
 )
 from staria.training.runs_table import find_runs, format_table, main, read_run
+from tests.harness import compose_config
+from tests.training.runs import run_staria_train
 
 register_configs()
 
@@ -59,10 +58,7 @@ OTHER_RUN = (
 
 def composed(*overrides: str):
     """`train.yaml` as Hydra composes it for a job, its `hydra` node set (the resolver's view)."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=smoke", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config("train", "experiment=smoke", *overrides, hydra_node=True)
 
 
 def test_changes_a_rerun_may_make_keep_the_signature_and_training_changes_do_not():

@@ -15,12 +15,12 @@ from hydra.errors import ConfigCompositionException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
-from training.runs import smoke
 
 from staria.generation.checkpoint import CheckpointError, load_checkpoint
 from staria.training import safe_loading
 from staria.training.safe_loading import UnsafeCheckpointError
 from staria.training.train import ForeignCheckpointError, RunConfigChangedError, train
+from tests.training.runs import smoke
 
 
 class _Payload:

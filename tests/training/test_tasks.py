@@ -4,11 +4,11 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
-from training.runs import first_train_batch, synthetic_datamodule
 
 from staria.training.config import compose_net
 from staria.training.tasks import BaselineTask, ClassifierTask, StariaTask
 from staria.training.tasks.base import chunked_sequence_loss, sequence_loss
+from tests.training.runs import first_train_batch, synthetic_datamodule
 
 
 def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):

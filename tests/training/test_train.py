@@ -6,15 +6,15 @@ import re
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from training.runs import CONF_DIR, compose_train, preempt_at_step, smoke
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
 from staria.training.config import ConfigValueError, MissingConfigValueError
 from staria.training.resume import FINISHED_MARKER, resume_point
 from staria.training.train import train
+from tests.harness import compose_config
+from tests.training.runs import compose_train, preempt_at_step, smoke
 
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.yaml"))
 TINY_NET = {"staria": "staria_tiny", "baseline": "baseline_tiny", "contrastive": "encoder_tiny"}
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.usefixtures("module_data_cache")
 
 
 def preset_model(preset: str) -> str:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    cfg = compose_config("train", f"experiment={preset}", hydra_node=True)
     return cfg.hydra.runtime.choices["model"]
 
 

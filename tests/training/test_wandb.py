@@ -15,12 +15,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import wandb
-from training.runs import preempt_at_step, run_staria_train, smoke
 from wandb.proto import wandb_internal_pb2
 
 from staria.training.resume import FINISHED_MARKER, WANDB_ID_FILE
 from staria.training.runs_table import find_runs, read_run
 from staria.training.train import train
+from tests.training.runs import preempt_at_step, run_staria_train, smoke
 
 BLOCK_SIZE, HEADER_SIZE = 32768, 7  # the log's block and record-header sizes
 FULL, LAST = 1, 4  # record types that end a (possibly split) record
@@ -92,7 +92,7 @@ def logged(records: list, kind: str) -> list[dict]:
 
 def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume(tmp_path):
     run_dir = tmp_path / "run"
-    cfg = smoke(run_dir, logger="wandb")
+    cfg = smoke(run_dir, "logger=wandb")
     preempt_at_step(cfg, 2)  # saved at step 3 (step 2 validates: no save there)
     assert run_training(cfg).global_step == 3
     assert not (run_dir / FINISHED_MARKER).exists()
@@ -115,7 +115,7 @@ def test_offline_wandb_run_keeps_its_stored_id_config_and_counts_across_a_resume
     history = logged(records, "history")
     assert {"train/loss", "train/lr", "train/grad_norm"} <= set().union(*history)
 
-    resumed = run_training(smoke(run_dir, logger="wandb"))
+    resumed = run_training(smoke(run_dir, "logger=wandb"))
     assert resumed.global_step == 4 and (run_dir / FINISHED_MARKER).exists()
     assert (run_dir / WANDB_ID_FILE).read_text().strip() == run_id
     second = [p for p in (run_dir / "wandb").glob("offline-run-*") if p != first]
@@ -163,8 +163,8 @@ WANDB_SAMPLES = (
 
 
 def test_each_validation_logs_listenable_samples_without_changing_training(tmp_path):
-    plain = run_training(smoke(tmp_path / "plain", logger="wandb"))
-    with_samples = run_training(smoke(tmp_path / "run", WANDB_SAMPLES, logger="wandb"))
+    plain = run_training(smoke(tmp_path / "plain", "logger=wandb"))
+    with_samples = run_training(smoke(tmp_path / "run", WANDB_SAMPLES, "logger=wandb"))
     # Sampling draws from a forked RNG: training is bit-for-bit the same.
     for a, b in zip(
         plain.lightning_module.net.parameters(),

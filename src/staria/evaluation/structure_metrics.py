@@ -13,6 +13,7 @@ import numpy as np
 
 from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.samples import GeneratedSample
+from staria.statistics import wilson_interval
 from staria.tokenizer import TokenTable
 from staria.tokenizer.midi_io import MidiReadError, NoteTable, read_notes
 
@@ -251,16 +252,6 @@ def chance_metrics(reference: Sequence[NoteTable], num_forms: int) -> dict[str, 
             pooled = sum(histogram(notes) for notes in reference)
             uniform[name] = jensen_shannon_distance(np.ones_like(pooled), pooled)
     return {"form_match_fraction": 1 / num_forms, "section_similarity_gap": 0.0, **uniform}
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float] | None:
-    """95% Wilson score interval of a proportion; None for no trials."""
-    if trials == 0:
-        return None
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return float(centre - half), float(centre + half)
 
 
 # What each metric says, for reports (docs/evaluation.md has the definitions).

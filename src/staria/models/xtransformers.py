@@ -11,7 +11,9 @@ bound moves. What is adapted here:
 - activation checkpointing (`checkpoint_layers`), which x-transformers lacks;
 - reading the structure back: `decoder_blocks`, `norm_modules`, `token_row_weights`,
   `unwrap_branch` (used by stages, Aria loading and `static_cache`, which mirrors the forward
-  pass for decoding and is tested against it output for output).
+  pass for decoding and is tested against it output for output);
+- `decoder_only_state_for`: a decoder-only LM's weights renamed for the same trunk with a
+  bridge (x-transformers numbers the layers of all blocks in one list).
 """
 
 from __future__ import annotations
@@ -210,3 +212,52 @@ def norm_modules(module: nn.Module) -> list[nn.Module]:
 def token_row_weights(net: TransformerWrapper) -> tuple[nn.Parameter, nn.Parameter]:
     """The matrices with a row per token id: input embedding [V,D] and output head [V,D]."""
     return net.token_emb.emb.weight, net.to_logits.weight
+
+
+def decoder_only_state_for(state: dict[str, Tensor], net: TransformerWrapper) -> dict[str, Tensor]:
+    """A decoder-only LM's state dict (`build_decoder_net` without a bridge, keys of its
+    `TransformerWrapper`) renamed for `net`, a decoder of the same trunk with a `Bridge`:
+    block b's self-attention and feed-forward layers move to their places among b's layers
+    (x-transformers numbers the layers of all blocks in one list, so a cross-attention layer
+    shifts every later index), a feed-forward behind an adapter gets the adapter's prefix.
+    Keys outside the layer stack (embeddings, positions, final norm, head) stay as they are;
+    the bridge's own weights are not in `state` and keep their initial values."""
+    layers = net.attn_layers
+    per_block = layers.len_default_block
+    target_types = layers.layer_types
+    source_types = [kind for kind in target_types[:per_block] if kind != "c"]
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[:2] != ["attn_layers", "layers"]:
+            renamed[key] = value
+            continue
+        index = int(parts[2])
+        block, kind = divmod(index, len(source_types))
+        layer_type = source_types[kind]
+        target = block * per_block + target_types[:per_block].index(layer_type)
+        rest = parts[3:]
+        adapted = target < len(layers.layers) and isinstance(
+            unwrap_branch(layers.layers[target][1]), AdaptedFeedForward
+        )  # a layer past the end stays an unexpected key for the caller to name
+        if rest[0] == "1" and adapted:
+            rest = ["1", "feed_forward", *rest[1:]]
+        renamed[".".join(["attn_layers", "layers", str(target), *rest])] = value
+    return renamed
+
+
+def bridge_keys(net: TransformerWrapper) -> set[str]:
+    """The state-dict keys of `net`'s bridge: its cross-attention layers (their norms too)
+    and adapters, which a decoder-only LM does not have."""
+    layers = net.attn_layers
+    cross = {
+        f"attn_layers.layers.{index}."
+        for index, kind in enumerate(layers.layer_types)
+        if kind == "c"
+    }
+    names = [name for name, _ in (*net.named_parameters(), *net.named_buffers())]
+    return {
+        name
+        for name in names  # as `load_state_dict` reports them: inside checkpoint wrappers too
+        if any(name.startswith(prefix) for prefix in cross) or ".adapter." in name
+    }

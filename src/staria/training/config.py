@@ -65,6 +65,8 @@ class TrainConfig:
     train: bool = True
     test: bool = False
     init_from: str | None = None
+    init_encoder_from: str | None = None
+    init_decoder_from: str | None = None
     # Unpickle checkpoints and weight files in full, which can run code in them (safe_loading).
     allow_pickle_runs_code: bool = False
     resume: ResumeConfig = field(default_factory=ResumeConfig)
@@ -95,8 +97,9 @@ def data_for_model(task_target: str, what: str) -> str:
 
 def check_consistent(cfg: DictConfig) -> None:
     """Settings of different groups that must agree, refused with the keys named: the data
-    task and layout the model reads (explicit `data.task`/`data.model_kind` overrides), and
-    snippet rows within what the snippet encoder reads."""
+    task and layout the model reads (explicit `data.task`/`data.model_kind` overrides),
+    snippet rows within what the snippet encoder reads, and part weights
+    (`init_encoder_from`, `init_decoder_from`) only for a model with those parts."""
     target = OmegaConf.select(cfg, "model._target_")
     if target is None or OmegaConf.select(cfg, "data") is None:
         return
@@ -108,6 +111,9 @@ def check_consistent(cfg: DictConfig) -> None:
     encoder_len = OmegaConf.select(cfg, "model.net.encoder.max_seq_len")
     if encoder_len is None and target.endswith("ContrastiveTask"):
         encoder_len = OmegaConf.select(cfg, "model.net.max_seq_len")
+    parts = [key for key in ("init_encoder_from", "init_decoder_from") if cfg.get(key)]
+    if parts and not target.endswith("StariaTask"):
+        wrong.append(f"{parts[0]}={cfg[parts[0]]} (only model=staria has an encoder and decoder)")
     snippet_len = OmegaConf.select(cfg, "data.snippet_len")
     if encoder_len is not None and snippet_len is not None and snippet_len + 1 > encoder_len:
         wrong.append(

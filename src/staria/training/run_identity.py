@@ -51,14 +51,16 @@ RUNS_THE_SAME = (
     "compile",
 )
 SIGNATURE_LENGTH = 8
+# Settings naming weight files a run starts from.
+INIT_KEYS = ("init_from", "init_encoder_from", "init_decoder_from")
 
 
 def training_settings(config: Mapping, prefix: str = "") -> dict[str, Any]:
     """`dotted.key -> value` of every setting that changes what a run trains (not
     `RERUN_MAY_CHANGE`, `RUNS_THE_SAME` or locations), resolved, from a
     composed config (a `DictConfig`, resolved leaf by leaf, so the run folder's own keys are
-    never touched) or a stored one (a dict). A required value never given reads `???`; an
-    `init_from` file that exists is its real path, links followed."""
+    never touched) or a stored one (a dict). A required value never given reads `???`; a
+    weights file (`INIT_KEYS`) that exists is its real path, links followed."""
     settings: dict[str, Any] = {}
     for key in config:
         full = f"{prefix}{key}"
@@ -74,9 +76,10 @@ def training_settings(config: Mapping, prefix: str = "") -> dict[str, Any]:
             if isinstance(value, ListConfig):
                 value = OmegaConf.to_container(value, resolve=True)
             settings[full] = value
-    if isinstance(settings.get("init_from"), str) and os.path.exists(settings["init_from"]):
-        # the weights themselves: a link (runs/<name>/stage-A) that moves is another start
-        settings["init_from"] = os.path.realpath(settings["init_from"])
+    for key in INIT_KEYS:
+        if isinstance(settings.get(key), str) and os.path.exists(settings[key]):
+            # the weights themselves: a link (runs/<name>/stage-A) that moves is another start
+            settings[key] = os.path.realpath(settings[key])
     return settings
 
 

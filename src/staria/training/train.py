@@ -30,6 +30,7 @@ from staria.training.config import (
     check_no_missing,
     check_target_arguments,
 )
+from staria.training.encoder_check import section_retrieval, write_encoder_check
 from staria.training.preemption import Preempted, PreemptionCheckpoint
 from staria.training.resume import (
     RESOLVED_CONFIG,
@@ -243,8 +244,8 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
         rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
         return None
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
-    if point.checkpoint is None and cfg.init_from:
-        task.init_from(cfg.init_from, allow_pickle)
+    if point.checkpoint is None:
+        init_weights(task, cfg, allow_pickle)
     if cfg.train:  # data that cannot train fails here, before the run folder changes
         datamodule.trainer = trainer
         datamodule.prepare_data()
@@ -255,7 +256,30 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
         keep_stored_config(run_dir)
     prepare_run_dir(cfg)
     with run_log(run_dir), OwnedWandbRuns(loggers) as wandb_runs:
+        if point.checkpoint is None and cfg.init_encoder_from and cfg.train:
+            check_encoder(task, datamodule, run_dir, cfg.init_encoder_from)
         return _fit(cfg, point, changes, task, datamodule, trainer, callbacks, wandb_runs)
+
+
+@rank_zero_only
+def check_encoder(task, datamodule, run_dir: Path, source: str) -> None:
+    """Before a pretrained encoder is used: its section retrieval on the validation pieces,
+    logged and written to `encoder_check.json` (`training.encoder_check`)."""
+    result = section_retrieval(
+        task.net.encoder, datamodule.datasets["val"].source, datamodule.sequence
+    )
+    log.info("%s", write_encoder_check(result, run_dir, source))
+
+
+def init_weights(task, cfg: DictConfig, allow_pickle: bool) -> None:
+    """A new run's starting weights: `init_from` (the whole net), then the parts
+    `init_encoder_from` and `init_decoder_from` replace theirs."""
+    if cfg.init_from:
+        task.init_from(cfg.init_from, allow_pickle)
+    if cfg.init_encoder_from:
+        task.init_encoder_from(cfg.init_encoder_from, allow_pickle)
+    if cfg.init_decoder_from:
+        task.init_decoder_from(cfg.init_decoder_from, allow_pickle)
 
 
 @rank_zero_only

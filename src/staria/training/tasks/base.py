@@ -7,6 +7,7 @@ checkpointing are options of the networks (`conf/model/net`).
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -334,25 +335,43 @@ class TrainingTask(pl.LightningModule):
 
         Safetensors, or `torch.load` as data only unless `allow_pickle_runs_code`.
         """
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        state = net_state(path, allow_pickle_runs_code)
+        load_weights(self.net, state, f"init_from={path}")
 
-            state = load_file(path)
-        else:
-            state = safe_loading.load(path, allow_pickle_runs_code, map_location="cpu")
-            if "state_dict" in state:
-                state = {
-                    key.removeprefix("net."): value
-                    for key, value in state["state_dict"].items()
-                    if key.startswith("net.")
-                }
-        try:
-            result = self.net.load_state_dict(state, strict=False)
-        except RuntimeError as error:
-            raise InitWeightsError(f"init_from={path}: {error}") from error
-        if result.missing_keys or result.unexpected_keys:
-            raise InitWeightsError(
-                f"init_from={path}: missing keys {result.missing_keys[:10]}, "
-                f"unexpected keys {result.unexpected_keys[:10]}"
-            )
+
+def net_state(path: str | Path, allow_pickle_runs_code: bool = False) -> dict[str, torch.Tensor]:
+    """The network weights in a file: a Lightning checkpoint's `net.*` entries (prefix removed),
+    or a state dict (safetensors, or `torch.load` as data only unless `allow_pickle_runs_code`)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = safe_loading.load(path, allow_pickle_runs_code, map_location="cpu")
+    if "state_dict" not in state:
+        return state
+    return {
+        key.removeprefix("net."): value
+        for key, value in state["state_dict"].items()
+        if key.startswith("net.")
+    }
+
+
+def load_weights(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    what: str,
+    may_miss: Collection[str] = (),
+) -> None:
+    """Load `state` into `module`, every key and shape matching except the keys `may_miss`
+    (left at their initial values); `InitWeightsError` naming `what` (the setting and file)
+    and the keys at fault otherwise."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise InitWeightsError(f"{what}: {error}") from error
+    missing = [key for key in result.missing_keys if key not in set(may_miss)]
+    if missing or result.unexpected_keys:
+        raise InitWeightsError(
+            f"{what}: missing keys {missing[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+        )

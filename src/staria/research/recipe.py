@@ -1,0 +1,136 @@
+"""The staged recipe end to end, resumable at any stage: contrastive pretraining of the snippet
+encoder (NT-Xent), a decoder-only pretraining run (optional), then Staria's stages A, B and C,
+each starting from the one before.
+
+Stage A starts from the contrastive encoder (`init_encoder_from`, which first runs the encoder
+check: `encoder_check.json`) and, given a decoder run, from its decoder (`init_decoder_from`);
+B and C start from the previous stage's `last.ckpt` (`init_from`). Each phase has its folder
+under `--runs-dir`; a finished phase is skipped and an interrupted one resumes, so the same
+command continues an interrupted chain. At the end it prints each stage's validation loss, first
+and last, against the kind-unigram anchor (`evaluation.anchors`) on the same validation pieces.
+
+    python -m staria.research.recipe --encoder demo_encoder --decoder demo_baseline \\
+        --staria demo --runs-dir runs/demo_recipe            # make demo runs this
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from staria.data.cache import CachedSplit
+from staria.data.preprocess import find_index
+from staria.evaluation.anchors import kind_unigram_loss
+from staria.research.phases import PhaseResult, last_checkpoint, run_train_phase, train_config
+from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
+from staria.training.stages import STAGES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The presets of the chain: `encoder` (a contrastive run), `decoder` (a decoder-only run of
+    the Staria decoder's shape, or None: stage A starts from a random decoder) and `staria`
+    (run once per stage, with `stage=A|B|C`)."""
+
+    encoder: str
+    decoder: str | None
+    staria: str
+
+
+def run_recipe(
+    recipe: Recipe, runs_dir: Path, overrides: Sequence[str] = ()
+) -> dict[str, PhaseResult]:
+    """Every phase of `recipe` in order under `runs_dir`; `overrides` apply to each phase."""
+    phases = {
+        "encoder": run_train_phase("encoder", recipe.encoder, runs_dir / "encoder", overrides)
+    }
+    start = [f"init_encoder_from={last_checkpoint(phases['encoder'].folder)}"]
+    if recipe.decoder:
+        phases["decoder"] = run_train_phase(
+            "decoder", recipe.decoder, runs_dir / "decoder", overrides
+        )
+        start.append(f"init_decoder_from={last_checkpoint(phases['decoder'].folder)}")
+    for stage in STAGES:
+        run_dir = runs_dir / f"stage-{stage}"
+        phases[stage] = run_train_phase(
+            f"stage {stage}", recipe.staria, run_dir, [f"stage={stage}", *start, *overrides]
+        )
+        start = [f"init_from={last_checkpoint(run_dir)}"]
+    return phases
+
+
+def validation_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, val/loss) of every validation the run's CSV logger recorded, in step order."""
+    points = {}
+    for metrics in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+        with metrics.open() as handle:
+            for row in csv.DictReader(handle):
+                if row.get("val/loss"):
+                    points[int(row["step"])] = float(row["val/loss"])
+    return sorted(points.items())
+
+
+def anchor_loss(recipe: Recipe, runs_dir: Path, overrides: Sequence[str] = ()) -> float:
+    """The kind-unigram anchor on the Staria runs' own data: fitted on train, scored on val."""
+    cfg = train_config(recipe.staria, runs_dir / "stage-A", ["stage=A", *overrides])
+    datamodule = instantiate(cfg.data)
+    found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
+    splits = {split: CachedSplit(found.split_dirs[split]) for split in ("train", "val")}
+    tokenizer = MusicTokenizerWithStyle()
+
+    def pieces(split: str):
+        return (splits[split].tokens(i) for i in range(len(splits[split])))
+
+    table = TokenTable.from_tokenizer(tokenizer)
+    return kind_unigram_loss(pieces("train"), pieces("val"), table, tokenizer.bos_id)
+
+
+def summary(phases: dict[str, PhaseResult], anchor: float) -> str:
+    """Each stage's first and last validation loss beside the anchor."""
+    lines = [f"validation loss, nats per token (kind-unigram anchor: {anchor:.2f})"]
+    for name, phase in phases.items():
+        losses = validation_losses(phase.folder)
+        if not losses:
+            lines.append(f"  {name:8s} no CSV validation record in {phase.folder}")
+            continue
+        (first_step, first), (last_step, last) = losses[0], losses[-1]
+        verdict = "below" if last < anchor else "above"
+        lines.append(
+            f"  {name:8s} step {first_step:>5d}: {first:.2f} -> step {last_step:>5d}: "
+            f"{last:.2f} ({verdict} the anchor)"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m staria.research.recipe", description=__doc__)
+    parser.add_argument("--encoder", default="demo_encoder", help="contrastive preset")
+    parser.add_argument("--decoder", default="demo_baseline", help="decoder-only preset; none")
+    parser.add_argument("--staria", default="demo", help="Staria preset, run at stage A, B, C")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/recipe"))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every phase")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(int(os.environ.get("STARIA_TORCH_THREADS", "1")))
+    args = parse_args(argv)
+    decoder = None if args.decoder.lower() == "none" else args.decoder
+    recipe = Recipe(args.encoder, decoder, args.staria)
+    phases = run_recipe(recipe, args.runs_dir.resolve(), args.overrides)
+    print(summary(phases, anchor_loss(recipe, args.runs_dir.resolve(), args.overrides)))
+
+
+if __name__ == "__main__":
+    main()
