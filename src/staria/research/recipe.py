@@ -96,7 +96,8 @@ def anchor_loss(recipe: Recipe, runs_dir: Path, overrides: Sequence[str] = ()) -
 
 
 def summary(phases: dict[str, PhaseResult], anchor: float) -> str:
-    """Each stage's first and last validation loss beside the anchor."""
+    """Each phase's first and last validation loss; the next-token phases beside the anchor
+    (the encoder's loss is NT-Xent, another quantity)."""
     lines = [f"validation loss, nats per token (kind-unigram anchor: {anchor:.2f})"]
     for name, phase in phases.items():
         losses = validation_losses(phase.folder)
@@ -104,10 +105,14 @@ def summary(phases: dict[str, PhaseResult], anchor: float) -> str:
             lines.append(f"  {name:8s} no CSV validation record in {phase.folder}")
             continue
         (first_step, first), (last_step, last) = losses[0], losses[-1]
-        verdict = "below" if last < anchor else "above"
+        verdict = (
+            "NT-Xent, not per token"
+            if name == "encoder"
+            else f"{'below' if last < anchor else 'above'} the anchor"
+        )
         lines.append(
             f"  {name:8s} step {first_step:>5d}: {first:.2f} -> step {last_step:>5d}: "
-            f"{last:.2f} ({verdict} the anchor)"
+            f"{last:.2f} ({verdict})"
         )
     return "\n".join(lines)
 
