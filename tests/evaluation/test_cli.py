@@ -15,6 +15,7 @@ from staria.data.datasets import PieceSource
 from staria.data.sequences import TokenLayout
 from staria.evaluation.cli import main
 from staria.evaluation.notes import sectioned_notes
+from staria.evaluation.snippet_gain import REGIONS
 from staria.generation.generate import generate
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenKind, TokenTable
 from tests.generation.runs import train_tiny_run
@@ -41,7 +42,14 @@ def evaluated(tmp_path_factory) -> dict[str, Path]:
     eval_dir = root / "evaluation"
     args = ["samples", str(gen_dir), "--reference", str(val), "--classifier", str(classifier)]
     assert main([*args, "--out", str(eval_dir), "--audio-seconds", "2"]) == 0
-    return {"gen_dir": gen_dir, "eval_dir": eval_dir, "val": val, "root": root, "staria": staria}
+    return {
+        "gen_dir": gen_dir,
+        "eval_dir": eval_dir,
+        "val": val,
+        "root": root,
+        "staria": staria,
+        "classifier": classifier,
+    }
 
 
 def test_samples_writes_structure_and_classifier_metrics(evaluated):
@@ -172,3 +180,19 @@ def test_wandb_evaluation_attaches_to_the_training_run(evaluated, tmp_path, monk
     (folder,) = (run_dir / "wandb").glob("offline-run-*")
     assert folder.name.endswith(f"-{run_id}"), "the eval logs into the training run's W&B run"
     assert (folder / f"run-{run_id}.wandb").is_file()
+
+
+def test_gain_writes_every_region_of_a_real_run_and_refuses_a_classifier(evaluated, capsys):
+    out = evaluated["root"] / "gain"
+    args = ["gain", str(evaluated["staria"]), "--resamples", "20", "--out", str(out)]
+    assert main([*args, "--split", "train"]) == 0  # the tiny run holds one val piece per form
+    record = json.loads((out / "snippet_gain.json").read_text())
+    assert record["split"] == "train" and set(record["regions"]) == set(REGIONS)
+    whole = record["regions"]["all"]
+    assert whole["tokens"] > 0
+    assert whole["gain"] == pytest.approx(whole["loss_other"] - whole["loss_true"])
+    assert whole["interval"][0] <= whole["gain"] <= whole["interval"][1]
+    assert main(args) == 2
+    assert "no two pieces of the split share a form" in capsys.readouterr().err
+    assert main(["gain", str(evaluated["classifier"])]) == 2
+    assert "has no snippets to swap" in capsys.readouterr().err

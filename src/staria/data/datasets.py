@@ -174,12 +174,21 @@ class GenerativeDataset(Dataset):
         return lengths
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def positions(self, index: int) -> np.ndarray:
+        """Where piece `index`'s training sequence comes from in its token ids (its crop)."""
+        ids = self.source.split.tokens(index)
+        return self.source.crop_positions(ids, self.settings.max_seq_len, _rng(self.seed, index))
+
+    def item(self, index: int, snippets_from: int | None = None) -> dict:
+        """Piece `index`'s example, conditioned on the snippets of piece `snippets_from`
+        (default: its own; another piece's for the snippet information gain)."""
         source = self.source
         ids = source.split.tokens(index)
-        snippets = source.snippets(index, ids, self.settings)
-        sequence = ids[
-            source.crop_positions(ids, self.settings.max_seq_len, _rng(self.seed, index))
-        ]
+        donor = index if snippets_from is None else snippets_from
+        snippets = source.snippets(donor, source.split.tokens(donor), self.settings)
+        sequence = ids[self.positions(index)]
         if self.model_kind == "staria":
             loss_mask = np.ones(len(sequence), dtype=bool)
             loss_mask[0] = False

@@ -39,6 +39,7 @@ from staria.evaluation.data_statistics import (
 from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.report import log_to_wandb, render_samples, write_comparison, write_report
 from staria.evaluation.samples import GeneratedSample, ManifestError, read_manifest
+from staria.evaluation.snippet_gain import SnippetGainError, checkpoint_gain
 from staria.evaluation.structure_metrics import (
     MEANINGS,
     chance_metrics,
@@ -358,6 +359,13 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("--out", required=True, help="folder for statistics.json and the plots")
     report = commands.add_parser("report", help="rebuild report.html of an evaluation folder")
     report.add_argument("eval_dir", help="folder `staria-eval samples` wrote")
+    gain = commands.add_parser(
+        "gain", help="snippet information gain of a generative checkpoint, region by region"
+    )
+    gain.add_argument("checkpoint", help="a staria or baseline run's checkpoint")
+    gain.add_argument("--split", choices=("train", "val", "test"), default="val")
+    gain.add_argument("--resamples", type=int, default=1000, help="bootstrap draws")
+    gain.add_argument("--out", help="folder for snippet_gain.json (default: the run folder)")
     compare = commands.add_parser("compare", help="two or more evaluations side by side")
     compare.add_argument("eval_dirs", nargs="+", help="folders `staria-eval samples` wrote")
     compare.add_argument("--out", required=True, help="folder for compare.html and compare.json")
@@ -379,11 +387,13 @@ def run(args: argparse.Namespace) -> Path:
         return dataset_statistics(args.inputs, args.out)
     if args.command == "compare":
         return compare_evaluations(args.eval_dirs, args.out)
+    if args.command == "gain":
+        return checkpoint_gain(args.checkpoint, args.split, args.resamples, args.out)
     return rebuild_report(args.eval_dir)
 
 
 # Errors in what the user gave: one line on stderr and exit status 2, no traceback.
-INPUT_ERRORS = (EvaluationInputError, ManifestError, CheckpointError)
+INPUT_ERRORS = (EvaluationInputError, ManifestError, CheckpointError, SnippetGainError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
