@@ -49,25 +49,27 @@ format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 DEMO_RECIPE = $(DEMO_RUNS)/demo
-DEMO_VAL = "$$(ls -d data_cache/dataset_synthetic_demo_*_val)"
+DEMO_VAL = "$$(ls -td data_cache/dataset_synthetic_demo_*_val | head -1)"
 # The staged recipe: a contrastive encoder run, a decoder-only run (or none), the Staria preset
 # at stage A, B, C; ARGS are Hydra overrides for every phase.
 ENCODER ?= demo_encoder
-DECODER ?= demo_baseline
+DECODER ?= demo_unconditional
 STARIA  ?= demo
 RECIPE_RUNS ?= runs/recipe
 ARGS ?=
 
-demo: install ## the whole loop on synthetic data: the staged recipe (contrastive encoder, decoder-only pretraining = the baseline, Staria A/B/C) -> generate -> evaluate -> report
-	@echo "== [1/4] tokenizer round trip on a built-in example"
+demo: install ## the whole loop on synthetic data: the staged recipe (contrastive encoder, unconditional decoder, Staria A/B/C), the baseline -> generate -> evaluate -> report
+	@echo "== [1/5] tokenizer round trip on a built-in example"
 	$(VENV)/bin/staria-tokenize roundtrip
-	@echo "== [2/4] the staged recipe: contrastive encoder, decoder-only run (the baseline), Staria stages A, B, C (synthetic data is made and indexed on first use)"
-	$(PY) -m staria.research.recipe --encoder demo_encoder --decoder demo_baseline --staria demo --runs-dir $(DEMO_RECIPE)
-	@echo "== [3/4] generate and evaluate Staria stage C"
+	@echo "== [2/5] the staged recipe: contrastive encoder, unconditional decoder, Staria stages A, B, C (synthetic data is made and indexed on first use)"
+	$(PY) -m staria.research.recipe --encoder demo_encoder --decoder demo_unconditional --staria demo --runs-dir $(DEMO_RECIPE)
+	@echo "== [3/5] the decoder-only baseline (snippets inline as a prompt)"
+	$(VENV)/bin/staria-train experiment=demo_baseline hydra.run.dir=$(DEMO_RECIPE)/baseline
+	@echo "== [4/5] generate and evaluate Staria stage C"
 	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RECIPE)/stage-C/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
-	@echo "== [4/4] generate and evaluate the decoder-only baseline"
-	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RECIPE)/decoder/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
-	@echo "== done: open the two reports, $(DEMO_RECIPE)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RECIPE)/decoder/generated/$(GEN_NAME)/evaluation/report.html"
+	@echo "== [5/5] generate and evaluate the baseline"
+	$(MAKE) --no-print-directory eval CKPT=$(DEMO_RECIPE)/baseline/checkpoints/last.ckpt N=$(N) DATA=$(DEMO_VAL)
+	@echo "== done: open the two reports, $(DEMO_RECIPE)/stage-C/generated/$(GEN_NAME)/evaluation/report.html and $(DEMO_RECIPE)/baseline/generated/$(GEN_NAME)/evaluation/report.html"
 
 recipe: install ## the staged recipe, resumable: ENCODER (contrastive) -> DECODER (decoder-only, or none) -> STARIA stage A, B, C under RECIPE_RUNS [ARGS=hydra overrides]
 	$(PY) -m staria.research.recipe --encoder $(ENCODER) --decoder $(DECODER) --staria $(STARIA) --runs-dir $(RECIPE_RUNS) $(ARGS)

@@ -78,6 +78,9 @@ def test_samples_writes_structure_and_classifier_metrics(evaluated):
         assert np.array(scores["confusion"]).sum() == 4
         assert (eval_dir / f"{task}_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((eval_dir / "form_scores.json").read_text())["class_names"] == list(FORMS)
+    judge = metrics["material_judge"]  # threshold from half the reference, ceiling the rest
+    assert judge["reference_pieces"] == len(split) // 2
+    assert 0.5 <= judge["threshold"] < 1 and judge["letter_accuracy_interval"] is not None
     page = (eval_dir / "report.html").read_text()
     assert page.count("<audio") + page.count("no audio") == 4
     assert "form confusion" in page and "<td>eos_fraction</td>" in page

@@ -26,7 +26,7 @@ SYNTHESIS = {"pieces_per_form": 4, "forms": ["AB", "ABA"], "min_tokens": 120, "m
 def datasets(tmp_path_factory):
     cache = tmp_path_factory.mktemp("gain_cache")
     found = {}
-    for kind in ("staria", "baseline"):
+    for kind in ("staria", "baseline", "unconditional"):
         module = synthetic_datamodule(
             cache, model_kind=kind, synthesis=SYNTHESIS, snippet_len=16, max_seq_len=512
         )
@@ -75,6 +75,19 @@ def test_closed_gates_gain_exactly_nothing_and_open_gates_gain_something(dataset
         assert closed[name].gain == 0 and closed[name].interval == (0, 0), name
     opened = snippet_information_gain(staria_net(1.0), datasets["staria"], resamples=50)
     assert opened["all"].gain != 0
+
+
+def test_the_unconditional_control_reads_staria_s_sequences_and_gains_nothing(datasets):
+    staria, unconditional = datasets["staria"], datasets["unconditional"]
+    for index in range(len(staria)):
+        theirs, ours = staria.item(index), unconditional.item(index)
+        assert set(ours) == {"tokens", "loss_mask"}
+        np.testing.assert_array_equal(ours["tokens"], theirs["tokens"])
+        np.testing.assert_array_equal(ours["loss_mask"], theirs["loss_mask"])
+    torch.manual_seed(0)
+    net = DecoderOnlyBaseline(max_seq_len=512, **SHAPE).eval()
+    gains = snippet_information_gain(net, unconditional, resamples=50)
+    assert all(gains[name].gain == 0 for name in REGIONS)
 
 
 def test_per_token_losses_are_the_training_loss_on_the_true_snippets(datasets):

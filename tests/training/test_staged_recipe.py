@@ -97,6 +97,10 @@ def test_part_weights_need_a_model_with_that_part():
     cfg = compose_config("train", "experiment=demo_baseline", "init_encoder_from=/x.ckpt")
     with pytest.raises(ConfigValueError, match=re.escape("init_encoder_from=/x.ckpt")):
         check_consistent(cfg)
+    aria = ["model/net=staria_aria_tiny", "model.net.aria_weights=/a.safetensors"]
+    cfg = compose_config("train", "experiment=demo", *aria, "model.vocabulary=compact")
+    with pytest.raises(ConfigValueError, match=re.escape("model.vocabulary=compact")):
+        check_consistent(cfg)
 
 
 class NotesHistogram(nn.Module):

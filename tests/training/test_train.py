@@ -18,7 +18,7 @@ from tests.training.runs import compose_train, preempt_at_step, smoke
 
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.yaml"))
 TINY_NET = {"staria": "staria_tiny", "baseline": "baseline_tiny", "contrastive": "encoder_tiny"}
-TINY_NET["classifier"] = "classifier_tiny"
+TINY_NET |= {"classifier": "classifier_tiny", "unconditional": "baseline_tiny"}
 
 
 pytestmark = pytest.mark.usefixtures("module_data_cache")

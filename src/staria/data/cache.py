@@ -78,6 +78,10 @@ class CachedSplit:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def id_counts(self, vocab_size: int) -> np.ndarray:
+        """How often each vocabulary id occurs in the split's tokens [vocab_size] (int64)."""
+        return np.bincount(self._tokens, minlength=vocab_size)
+
     def tokens(self, piece: int) -> np.ndarray:
         """Token ids of one piece as int64 (a copy, safe to modify)."""
         return self._tokens[self.offsets[piece] : self.offsets[piece + 1]].astype(np.int64)

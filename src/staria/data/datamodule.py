@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -214,6 +215,19 @@ class MidiDataModule(L.LightningDataModule):
         if stage == "fit":
             self.check_trainable(found)
         self._set_up.add(stage)
+
+    def used_token_ids(self) -> np.ndarray:
+        """Every id the indexed splits hold, with the special and Staria tokens (sorted, int64):
+        the rows of a compact vocabulary (`model.vocabulary=compact`). Prepares the index."""
+        self.prepare_data()
+        vocab_size = self.vocab_size
+        used = np.zeros(vocab_size, dtype=bool)
+        for folder in self._index.split_dirs.values():
+            used |= CachedSplit(folder).id_counts(vocab_size) > 0
+        tok = self.tokenizer
+        always = [tok.bos_id, tok.eos_id, tok.pad_id, tok.unknown_id, tok.dim_id, tok.time_id]
+        used[[*always, *tok.staria_token_ids]] = True
+        return np.flatnonzero(used)
 
     def structure(self) -> str | None:
         """How the training pieces are laid out: `labelled` (form and section tokens, most

@@ -153,14 +153,18 @@ def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+GENERATIVE_LAYOUTS = ("staria", "baseline", "unconditional")
+
+
 class GenerativeDataset(Dataset):
-    """Decoder targets with their section snippets (Staria) or one prompted stream (baseline)."""
+    """Decoder targets with their section snippets (`staria`), one stream of snippet prompt and
+    sequence (`baseline`), or the sequence alone (`unconditional`: the no-snippet control)."""
 
     def __init__(
         self, source: PieceSource, settings: SequenceSettings, model_kind: str, seed: int = 0
     ) -> None:
-        if model_kind not in ("staria", "baseline"):
-            raise ValueError(f"model_kind {model_kind!r} is not 'staria' or 'baseline'")
+        if model_kind not in GENERATIVE_LAYOUTS:
+            raise ValueError(f"model_kind {model_kind!r} is not one of {GENERATIVE_LAYOUTS}")
         self.source, self.settings, self.model_kind, self.seed = source, settings, model_kind, seed
 
     def __len__(self) -> int:
@@ -189,9 +193,11 @@ class GenerativeDataset(Dataset):
         donor = index if snippets_from is None else snippets_from
         snippets = source.snippets(donor, source.split.tokens(donor), self.settings)
         sequence = ids[self.positions(index)]
-        if self.model_kind == "staria":
+        if self.model_kind != "baseline":
             loss_mask = np.ones(len(sequence), dtype=bool)
             loss_mask[0] = False
+            if self.model_kind == "unconditional":
+                return {"tokens": sequence, "loss_mask": loss_mask}
             return {"snippets": snippets, "tokens": sequence, "loss_mask": loss_mask}
         prompt = np.concatenate([[source.prompt_start_id], *snippets, [source.prompt_end_id]])
         stream = np.concatenate([prompt, sequence])

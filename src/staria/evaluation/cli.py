@@ -36,6 +36,7 @@ from staria.evaluation.data_statistics import (
     load_pieces,
     save_statistics,
 )
+from staria.evaluation.material_judge import material_judge_metrics
 from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.report import log_to_wandb, render_samples, write_comparison, write_report
 from staria.evaluation.samples import GeneratedSample, ManifestError, read_manifest
@@ -252,6 +253,11 @@ def evaluate_samples(
     if refs:
         forms = [labels.form if labels and p.letters else None for p, labels in refs]
         metrics["reference"] = reference_metrics([p for p, _ in refs], forms)
+        labelled = [piece for piece, form in zip((p for p, _ in refs), forms, strict=True) if form]
+        pieces = [sectioned_notes(sample.token_ids, table) for sample in samples]
+        judged = material_judge_metrics(pieces, [s.form for s in samples], labelled)
+        if judged is not None:
+            metrics["material_judge"] = judged
     figures: dict[str, bytes] = {}
     if classifier:
         scores, figures = classifier_scores(classifier, samples, eval_dir)

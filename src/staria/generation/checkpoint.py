@@ -21,6 +21,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from staria.models.xtransformers import compact_ids_in, use_compact_vocabulary
+from staria.tokenizer.vocabulary import UNKNOWN_ID
 from staria.training import safe_loading, tasks
 from staria.training.checkpointing import CheckpointHistory, recorded_run
 from staria.training.resume import RESOLVED_CONFIG
@@ -164,6 +166,12 @@ def load_checkpoint(
     config = read_run_config(config_path)
     task_class = hydra.utils.get_class(config.model._target_)
     net = hydra.utils.instantiate(config.model.net)
+    if config.model.get("vocabulary") == "compact":  # the rows it kept, before its weights
+        state = safe_loading.load(checkpoint, allow_pickle_runs_code, map_location="cpu")
+        full_ids = compact_ids_in(state.get("state_dict", {}))
+        if full_ids is None:
+            raise CheckpointError(f"{checkpoint}: a compact-vocabulary run without its ids")
+        use_compact_vocabulary(net, full_ids, UNKNOWN_ID)
     try:
         with safe_loading.safe_globals():
             task = task_class.load_from_checkpoint(

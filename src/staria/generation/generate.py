@@ -111,7 +111,7 @@ def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout
             structure=structure,
             style_key=cfg.prompt.style_key or data.style_key,
             sequence=sequence,
-            decoder_only=isinstance(loaded.net, DecoderOnlyBaseline),
+            decoder_only=loaded.task.data_layout == "baseline",  # its snippets are its prompt
             continue_s=cfg.prompt.continue_s,
         )
         for piece in pieces

@@ -261,3 +261,73 @@ def bridge_keys(net: TransformerWrapper) -> set[str]:
         for name in names  # as `load_state_dict` reports them: inside checkpoint wrappers too
         if any(name.startswith(prefix) for prefix in cross) or ".adapter." in name
     }
+
+
+class CompactEmbedding(nn.Module):
+    """A token embedding with rows only for `full_ids` (sorted vocabulary ids, [K]): a full id
+    looks up its row (`rows[id]`, [V]); an id outside `full_ids` gets the row of `unknown_id`."""
+
+    def __init__(self, weight: Tensor, full_ids: Tensor, vocab_size: int, unknown_id: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.register_buffer("full_ids", full_ids.clone())
+        rows = torch.full((vocab_size,), int(torch.searchsorted(full_ids, unknown_id)))
+        rows[full_ids] = torch.arange(len(full_ids))
+        self.register_buffer("rows", rows)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return nn.functional.embedding(self.rows[ids.long()], self.weight)
+
+
+class CompactHead(nn.Module):
+    """An output projection with rows only for `full_ids` [K]: logits [.., V] as the full head
+    gives them, -inf for every id outside `full_ids` (which the model can never produce)."""
+
+    def __init__(self, weight: Tensor, full_ids: Tensor, vocab_size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.register_buffer("full_ids", full_ids.clone())
+        self.vocab_size = vocab_size
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        compact = nn.functional.linear(hidden, self.weight)
+        logits = compact.new_full((*compact.shape[:-1], self.vocab_size), float("-inf"))
+        return logits.index_copy(-1, self.full_ids, compact)
+
+
+def use_compact_vocabulary(model: nn.Module, full_ids: Tensor, unknown_id: int) -> None:
+    """Give every x-transformers net in `model` embedding and head rows for `full_ids` only
+    (sorted ids, `unknown_id` among them), their values taken from the full rows: inputs and
+    logits keep the full vocabulary's ids, so data, losses, sampling and MIDI are unchanged
+    and the model computes what the full one computes on those ids. A model built with the
+    full vocabulary and a compact checkpoint's `full_ids` loads that checkpoint."""
+    full_ids = torch.as_tensor(full_ids, dtype=torch.long).sort().values
+    if unknown_id not in full_ids.tolist():
+        raise ValueError(f"full_ids must hold the unknown id {unknown_id}")
+    for net in [m for m in model.modules() if isinstance(m, TransformerWrapper)]:
+        embedding = net.token_emb.emb
+        if isinstance(embedding, CompactEmbedding):
+            raise ValueError("the model has a compact vocabulary already")
+        vocab_size = embedding.num_embeddings
+        net.token_emb.emb = CompactEmbedding(
+            embedding.weight[full_ids], full_ids, vocab_size, unknown_id
+        )
+        if isinstance(net.to_logits, nn.Linear):
+            net.to_logits = CompactHead(net.to_logits.weight[full_ids], full_ids, vocab_size)
+
+
+def compact_ids_in(state: dict[str, Tensor]) -> Tensor | None:
+    """The `full_ids` a compact-vocabulary state dict was made with; None for a full one."""
+    for key, value in state.items():
+        if key.endswith("token_emb.emb.full_ids"):
+            return value
+    return None
+
+
+def token_rows(net: TransformerWrapper, ids: tuple[int, ...]) -> tuple[int, ...]:
+    """The embedding (and head) rows of vocabulary `ids` in `net`: the ids themselves for the
+    full vocabulary, their rows for a compact one."""
+    embedding = net.token_emb.emb
+    if isinstance(embedding, CompactEmbedding):
+        return tuple(embedding.rows[list(ids)].tolist())
+    return ids

@@ -9,8 +9,8 @@ under `--runs-dir`; a finished phase is skipped and an interrupted one resumes, 
 command continues an interrupted chain. At the end it prints each stage's validation loss, first
 and last, against the kind-unigram anchor (`evaluation.anchors`) on the same validation pieces.
 
-    python -m staria.research.recipe --encoder demo_encoder --decoder demo_baseline \\
-        --staria demo --runs-dir runs/demo_recipe            # make demo runs this
+    python -m staria.research.recipe --encoder demo_encoder --decoder demo_unconditional \\
+        --staria demo --runs-dir runs/demo                   # make demo runs this
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Recipe:
     """The presets of the chain: `encoder` (a contrastive run), `decoder` (a decoder-only run of
-    the Staria decoder's shape, or None: stage A starts from a random decoder) and `staria`
+    the Staria decoder's shape, best `model=unconditional`: the sequence alone, at the positions
+    Staria's decoder reads it; or None: stage A starts from a random decoder) and `staria`
     (run once per stage, with `stage=A|B|C`)."""
 
     encoder: str
@@ -120,7 +121,7 @@ def summary(phases: dict[str, PhaseResult], anchor: float) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m staria.research.recipe", description=__doc__)
     parser.add_argument("--encoder", default="demo_encoder", help="contrastive preset")
-    parser.add_argument("--decoder", default="demo_baseline", help="decoder-only preset; none")
+    parser.add_argument("--decoder", default="demo_unconditional", help="decoder preset; none")
     parser.add_argument("--staria", default="demo", help="Staria preset, run at stage A, B, C")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/recipe"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every phase")

@@ -70,6 +70,8 @@ def build_vocabulary() -> tuple[Token, ...]:
 
 VOCAB_SIZE: int = len(build_vocabulary())
 """17,742: Aria's 17,727 ids and Staria's 15; every network's default `num_tokens`."""
+UNKNOWN_ID: int = SPECIAL_TOKENS.index(UNKNOWN)
+"""3: `<U>`, what an id outside a compact vocabulary reads as."""
 
 
 class TokenKind(IntEnum):

@@ -114,6 +114,9 @@ def check_consistent(cfg: DictConfig) -> None:
     parts = [key for key in ("init_encoder_from", "init_decoder_from") if cfg.get(key)]
     if parts and not target.endswith("StariaTask"):
         wrong.append(f"{parts[0]}={cfg[parts[0]]} (only model=staria has an encoder and decoder)")
+    aria = OmegaConf.select(cfg, "model.net.aria_weights")
+    if aria and OmegaConf.select(cfg, "model.vocabulary") == "compact":
+        wrong.append(f"model.vocabulary=compact (Aria weights {aria} need every id's rows)")
     snippet_len = OmegaConf.select(cfg, "data.snippet_len")
     if encoder_len is not None and snippet_len is not None and snippet_len + 1 > encoder_len:
         wrong.append(

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from staria.models.staria import StariaModel
-from staria.models.xtransformers import token_row_weights
+from staria.models.xtransformers import token_row_weights, token_rows
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.training.config import StageConfig
 
@@ -151,19 +151,23 @@ class StageSchedule:
         trainable = {id(p) for p in self.trainable_parameters(model, global_step)}
         for parameter in model.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
+        if any(i >= model.decoder.net.num_tokens for i in self.new_token_ids):
+            rows = self.new_token_ids  # refused below, naming the id
+        else:  # a compact vocabulary keeps them on other rows
+            rows = token_rows(model.decoder.net, self.new_token_ids)
         for parameter in token_row_parameters(model):
-            self._mask_rows(parameter)
+            self._mask_rows(parameter, rows)
 
-    def _mask_rows(self, parameter: nn.Parameter) -> None:
+    def _mask_rows(self, parameter: nn.Parameter, rows: tuple[int, ...]) -> None:
         handle = _row_mask(parameter)
         if self.masks_token_rows and handle is None:
-            if max(self.new_token_ids) >= parameter.shape[0]:
+            if max(rows) >= parameter.shape[0]:
                 raise StageConfigError(
-                    f"train_new_token_rows: token id {max(self.new_token_ids)} is outside the "
+                    f"train_new_token_rows: token id {max(rows)} is outside the "
                     f"model's vocabulary of {parameter.shape[0]}; set stage.train_new_token_rows"
                     "=false for a model without Staria's tokens"
                 )
-            _add_row_mask(parameter, self.new_token_ids)
+            _add_row_mask(parameter, rows)
         elif not self.masks_token_rows and handle is not None:
             _remove_row_mask(parameter, handle)
 

@@ -244,6 +244,8 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
         rank_zero_only(print)(f"run {run_dir} has finished already; nothing to do")
         return None
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
+    if cfg.model.get("vocabulary") == "compact":  # before any weights load, resumed ones too
+        task.use_vocabulary(datamodule.used_token_ids())
     if point.checkpoint is None:
         init_weights(task, cfg, allow_pickle)
     if cfg.train:  # data that cannot train fails here, before the run folder changes

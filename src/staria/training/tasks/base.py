@@ -7,11 +7,11 @@ checkpointing are options of the networks (`conf/model/net`).
 
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import lightning.pytorch as pl
 import torch
@@ -20,6 +20,8 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from staria.data.datasets import IGNORE_INDEX
+from staria.models.xtransformers import CompactHead, use_compact_vocabulary
+from staria.tokenizer.vocabulary import UNKNOWN_ID
 from staria.training import safe_loading
 from staria.training.safe_loading import plain
 from staria.training.stages import StageSchedule
@@ -184,6 +186,7 @@ class TrainingTask(pl.LightningModule):
         stage: dict | None = None,
         compile: bool = False,
         loss_chunk_tokens: int | None = None,
+        vocabulary: Literal["full", "compact"] = "full",
     ):
         super().__init__()
         check_settings(optimizer, scheduler)
@@ -199,17 +202,28 @@ class TrainingTask(pl.LightningModule):
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
         raise NotImplementedError
 
+    def use_vocabulary(self, full_ids: Sequence[int]) -> None:
+        """`vocabulary=compact`: the net keeps embedding and head rows for `full_ids` only (the
+        ids its data uses; `models.xtransformers.use_compact_vocabulary`). Batches, losses
+        and samples keep the full vocabulary's ids; checkpoints record `full_ids`."""
+        use_compact_vocabulary(self.net, torch.as_tensor(full_ids), UNKNOWN_ID)
+
     def next_token_loss(self, batch: dict[str, torch.Tensor], *net_inputs: torch.Tensor):
         """Next-token cross entropy of `net(*net_inputs)` on `batch`'s tokens: from the full
         logits, or with `loss_chunk_tokens` from the hidden states and the net's `head`
-        (`chunked_sequence_loss`: one chunk of logits at a time)."""
+        (`chunked_sequence_loss`: one chunk of logits at a time). A compact vocabulary's loss
+        comes from its own rows' logits (the same value: the other ids' logits are -inf)."""
         chunk = self.hparams.get("loss_chunk_tokens")
-        if not chunk:
+        head = getattr(self.net, "head", None)
+        compact = isinstance(head, CompactHead)
+        if not chunk and not compact:
             return sequence_loss(self.net(*net_inputs), batch["tokens"], batch["loss_mask"])
         hidden = self.net(*net_inputs, return_embeddings=True)
-        return chunked_sequence_loss(
-            hidden, self.net.head.weight, batch["tokens"], batch["loss_mask"], chunk
-        )
+        tokens = batch["tokens"]
+        if compact:  # targets as rows of its weight; data ids are all among its rows
+            tokens = torch.searchsorted(head.full_ids, tokens)
+        chunk = chunk or tokens.numel()
+        return chunked_sequence_loss(hidden, head.weight, tokens, batch["loss_mask"], chunk)
 
     def configure_model(self) -> None:
         """`compile=true` compiles the network in place (parameter names unchanged), once."""

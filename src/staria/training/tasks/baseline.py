@@ -12,3 +12,11 @@ class BaselineTask(TrainingTask):
 
     def step_loss(self, batch: dict[str, torch.Tensor]) -> StepLoss:
         return self.next_token_loss(batch, batch["tokens"], batch["token_mask"])
+
+
+class UnconditionalTask(BaselineTask):
+    """The same decoder-only model on the sequence alone, no snippets anywhere: the control a
+    snippet-conditioned model is measured against, and a decoder pretraining for Staria whose
+    positions are the Staria decoder's (`init_decoder_from`)."""
+
+    data_layout = "unconditional"
