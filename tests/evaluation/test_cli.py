@@ -81,6 +81,9 @@ def test_samples_writes_structure_and_classifier_metrics(evaluated):
     judge = metrics["material_judge"]  # threshold from half the reference, ceiling the rest
     assert judge["reference_pieces"] == len(split) // 2
     assert 0.5 <= judge["threshold"] < 1 and judge["letter_accuracy_interval"] is not None
+    copies = metrics["copy_fidelity"]  # synthetic returns replay their material exactly
+    assert copies["ceiling"]["mean"] == 1.0 and copies["ceiling"]["returns"] > 0
+    assert copies["chance"]["mean"] < 0.5
     page = (eval_dir / "report.html").read_text()
     assert page.count("<audio") + page.count("no audio") == 4
     assert "form confusion" in page and "<td>eos_fraction</td>" in page

@@ -29,6 +29,7 @@ from staria.data.cache import COMPLETE_MARKER, CachedSplit
 from staria.data.labels import PieceLabels, labels_path
 from staria.evaluation.audio import PREVIEW_SECONDS
 from staria.evaluation.classifier_metrics import TASKS, classify_samples, confusion_png, save_scores
+from staria.evaluation.copy_fidelity import copy_fidelity_metrics
 from staria.evaluation.data_statistics import (
     DatasetStatistics,
     StatisticsPiece,
@@ -258,6 +259,7 @@ def evaluate_samples(
         judged = material_judge_metrics(pieces, [s.form for s in samples], labelled)
         if judged is not None:
             metrics["material_judge"] = judged
+        metrics["copy_fidelity"] = copy_fidelity_metrics(pieces, [p for p, _ in refs])
     figures: dict[str, bytes] = {}
     if classifier:
         scores, figures = classifier_scores(classifier, samples, eval_dir)
