@@ -13,10 +13,12 @@ import pytest
 from staria.data.cache import CachedSplit
 from staria.data.datasets import PieceSource
 from staria.data.sequences import TokenLayout
-from staria.evaluation.cli import main
+from staria.evaluation import cli
+from staria.evaluation.cli import FORM_JUDGE_MINIMUM, main
 from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.snippet_gain import REGIONS
 from staria.generation.generate import generate
+from staria.generation.judge import ClassifierJudge
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenKind, TokenTable
 from tests.generation.runs import train_tiny_run
 from tests.harness import compose_config
@@ -72,12 +74,18 @@ def test_samples_writes_structure_and_classifier_metrics(evaluated):
     m = (p + q) / 2
     kl = [np.sum(x[x > 0] * np.log2(x[x > 0] / m[x > 0])) for x in (p, q)]
     assert structure["pitch_class_js"] == pytest.approx(np.sqrt(sum(kl) / 2), abs=1e-9)
-    for task in ("form", "style"):
-        assert metrics[task]["num_scored"] == 4
-        scores = json.loads((eval_dir / f"{task}_scores.json").read_text())
-        assert np.array(scores["confusion"]).sum() == 4
-        assert (eval_dir / f"{task}_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((eval_dir / "form_scores.json").read_text())["class_names"] == list(FORMS)
+    # the one-step classifier cannot tell held-out forms apart: its form verdict is withheld
+    judge = ClassifierJudge(evaluated["classifier"])
+    held_out = [(split.tokens(i), split.pieces[i].form) for i in range(len(split))]
+    predicted = judge.predict("form", [ids for ids, _ in held_out])
+    accuracy = np.mean([p == f for p, (_, f) in zip(predicted, held_out, strict=True)])
+    assert accuracy < FORM_JUDGE_MINIMUM
+    assert metrics["form"]["held_out_accuracy"] == pytest.approx(accuracy)
+    assert "withheld" in metrics["form"] and not (eval_dir / "form_scores.json").exists()
+    assert metrics["style"]["num_scored"] == 4
+    scores = json.loads((eval_dir / "style_scores.json").read_text())
+    assert np.array(scores["confusion"]).sum() == 4
+    assert (eval_dir / "style_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     judge = metrics["material_judge"]  # threshold from half the reference, ceiling the rest
     assert judge["reference_pieces"] == len(split) // 2
     assert 0.5 <= judge["threshold"] < 1 and judge["letter_accuracy_interval"] is not None
@@ -86,7 +94,20 @@ def test_samples_writes_structure_and_classifier_metrics(evaluated):
     assert copies["chance"]["mean"] < 0.5
     page = (eval_dir / "report.html").read_text()
     assert page.count("<audio") + page.count("no audio") == 4
-    assert "form confusion" in page and "<td>eos_fraction</td>" in page
+    assert "style confusion" in page and "<td>eos_fraction</td>" in page
+
+
+def test_a_form_classifier_good_enough_on_held_out_pieces_is_reported(evaluated, monkeypatch):
+    monkeypatch.setattr(cli, "FORM_JUDGE_MINIMUM", 0.0)  # what a trained judge passes
+    out = evaluated["root"] / "reported"
+    args = [str(evaluated["gen_dir"]), "--reference", str(evaluated["val"])]
+    assert (
+        main(["samples", *args, "--classifier", str(evaluated["classifier"]), "--out", str(out)])
+        == 0
+    )
+    form = json.loads((out / "metrics.json").read_text())["form"]
+    assert form["num_scored"] == 4 and "held_out_accuracy" in form
+    assert json.loads((out / "form_scores.json").read_text())["class_names"] == list(FORMS)
 
 
 def test_the_report_gives_provenance_reference_chance_and_links(evaluated):

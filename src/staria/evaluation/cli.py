@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from staria.data.cache import COMPLETE_MARKER, CachedSplit
@@ -94,31 +95,52 @@ def input_pieces(
 
 def reference_pieces(
     path: str | Path, table: TokenTable, tokenizer
-) -> list[tuple[SectionedNotes, PieceLabels | None]]:
+) -> list[tuple[SectionedNotes, PieceLabels | None, np.ndarray]]:
     """Every reference piece decoded from token ids like the generated samples', with its
-    labelled form (None where its tokens carry no sections)."""
+    labels (None where its tokens carry no sections) and its token ids."""
     pieces, _ = input_pieces(path, tokenizer)
     if not pieces:
         raise EvaluationInputError(f"reference {path} holds no readable MIDI pieces")
-    return [(sectioned_notes(p.tokens, table), p.labels) for p in pieces]
+    return [(sectioned_notes(p.tokens, table), p.labels, np.asarray(p.tokens)) for p in pieces]
+
+
+# A form classifier is reported only where it recovers this share of held-out forms.
+FORM_JUDGE_MINIMUM = 0.9
 
 
 def classifier_scores(
     checkpoint: str | Path,
     samples: Sequence[GeneratedSample],
     out_dir: Path,
+    held_out: Sequence[tuple[np.ndarray, str]] = (),
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Form and style scores of a `ClassifierTask` checkpoint; a task no sample asked for is
-    skipped. Form and section tokens are hidden, as the classifier never saw them in training."""
+    skipped. Form and section tokens are hidden, as the classifier never saw them in training.
+    Given `held_out` pieces (token ids, form), the form scores are withheld unless the
+    classifier recovers at least `FORM_JUDGE_MINIMUM` of those forms: below it, its verdict on
+    samples cannot tell a model that follows the form from one that does not."""
     try:
         judge = ClassifierJudge(checkpoint)
     except JudgeError as error:
         raise EvaluationInputError(f"--classifier {error}") from error
     metrics: dict[str, Any] = {}
     figures: dict[str, bytes] = {}
+    checked: dict[str, float] = {}
     for task in TASKS:
         if all(getattr(sample, task) is None for sample in samples):
             continue
+        if task == "form" and held_out:
+            predicted = judge.predict("form", [ids for ids, _ in held_out])
+            accuracy = float(
+                np.mean([p == f for p, (_, f) in zip(predicted, held_out, strict=True)])
+            )
+            if accuracy < FORM_JUDGE_MINIMUM:
+                metrics["form"] = {
+                    "held_out_accuracy": accuracy,
+                    "withheld": f"recovers {accuracy:.2f} < {FORM_JUDGE_MINIMUM} of held-out forms",
+                }
+                continue
+            checked["held_out_accuracy"] = accuracy
         scores = classify_samples(
             partial(judge.head_logits, task),
             samples,
@@ -134,6 +156,7 @@ def classifier_scores(
             "macro_f1": scores.macro_f1,
             "num_scored": scores.num_scored,
             "f1": scores.f1,
+            **(checked if task == "form" else {}),
         }
         figures[f"{task} confusion"] = confusion_png(scores)
     return metrics, figures
@@ -245,24 +268,25 @@ def evaluate_samples(
     table = TokenTable.from_tokenizer(tokenizer)
     samples = read_manifest(gen_dir / MANIFEST_FILE)
     refs = reference_pieces(reference, table, tokenizer) if reference else []
-    notes = [piece.notes for piece, _ in refs]
+    notes = [piece.notes for piece, _, _ in refs]
     metrics: dict[str, Any] = {
         "structure": structure_metrics(samples, table, notes).as_dict(),
         "intervals": metric_intervals(samples, table),
         "chance": chance_metrics(notes, len(FORMS)),
     }
     if refs:
-        forms = [labels.form if labels and p.letters else None for p, labels in refs]
-        metrics["reference"] = reference_metrics([p for p, _ in refs], forms)
-        labelled = [piece for piece, form in zip((p for p, _ in refs), forms, strict=True) if form]
+        forms = [labels.form if labels and p.letters else None for p, labels, _ in refs]
+        metrics["reference"] = reference_metrics([p for p, _, _ in refs], forms)
+        labelled = [piece for (piece, _, _), form in zip(refs, forms, strict=True) if form]
         pieces = [sectioned_notes(sample.token_ids, table) for sample in samples]
         judged = material_judge_metrics(pieces, [s.form for s in samples], labelled)
         if judged is not None:
             metrics["material_judge"] = judged
-        metrics["copy_fidelity"] = copy_fidelity_metrics(pieces, [p for p, _ in refs])
+        metrics["copy_fidelity"] = copy_fidelity_metrics(pieces, [p for p, _, _ in refs])
     figures: dict[str, bytes] = {}
     if classifier:
-        scores, figures = classifier_scores(classifier, samples, eval_dir)
+        held_out = [(ids, labels.form) for _, labels, ids in refs if labels and labels.form]
+        scores, figures = classifier_scores(classifier, samples, eval_dir, held_out)
         metrics.update(scores)
     (eval_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
     settings = {
