@@ -14,11 +14,11 @@ from staria.data.cache import CachedSplit
 from staria.data.datasets import PieceSource
 from staria.data.sequences import TokenLayout
 from staria.evaluation import cli
-from staria.evaluation.cli import FORM_JUDGE_MINIMUM, main
+from staria.evaluation.cli import main
 from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.snippet_gain import REGIONS
 from staria.generation.generate import generate
-from staria.generation.judge import ClassifierJudge
+from staria.generation.judge import FORM_JUDGE_MINIMUM, ClassifierJudge
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenKind, TokenTable
 from tests.generation.runs import train_tiny_run
 from tests.harness import compose_config

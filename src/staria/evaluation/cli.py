@@ -51,7 +51,7 @@ from staria.evaluation.structure_metrics import (
     structure_metrics,
 )
 from staria.generation.checkpoint import CheckpointError
-from staria.generation.judge import ClassifierJudge, JudgeError
+from staria.generation.judge import FORM_JUDGE_MINIMUM, ClassifierJudge, JudgeError
 from staria.generation.manifest import MANIFEST_FILE
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenTable
 from staria.training.resume import RESOLVED_CONFIG, load_stored_config, stored_wandb_run_id
@@ -102,10 +102,6 @@ def reference_pieces(
     if not pieces:
         raise EvaluationInputError(f"reference {path} holds no readable MIDI pieces")
     return [(sectioned_notes(p.tokens, table), p.labels, np.asarray(p.tokens)) for p in pieces]
-
-
-# A form classifier is reported only where it recovers this share of held-out forms.
-FORM_JUDGE_MINIMUM = 0.9
 
 
 def classifier_scores(

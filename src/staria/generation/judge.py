@@ -25,6 +25,11 @@ from staria.tokenizer import FORMS, MusicTokenizerWithStyle
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# A form classifier's verdicts are reported only where it recovers this share of held-out forms:
+# below it, it cannot tell a model that follows the form from one that does not.
+FORM_JUDGE_MINIMUM = 0.9
+
+
 class JudgeError(ValueError):
     """A checkpoint that is not a classification run; names the file."""
 

@@ -36,7 +36,7 @@ from staria.evaluation.notes import sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.evaluation.structure_metrics import section_similarities, structure_metrics
 from staria.generation.checkpoint import RUN_CONFIG, load_checkpoint, read_run_config
-from staria.generation.judge import ClassifierJudge
+from staria.generation.judge import FORM_JUDGE_MINIMUM, ClassifierJudge
 from staria.generation.manifest import MANIFEST_FILE
 from staria.paths import REPO_ROOT
 from staria.research.phases import (
@@ -371,6 +371,11 @@ def run_comparison(settings: CompareSettings) -> Path:
                 )
             )
         references.append(reference_row(dataset, root / dataset / "staria", judge, table))
+    for reference in references:  # a judge that fails the held-out pieces judges nothing
+        if reference.form_accuracy is None or reference.form_accuracy < FORM_JUDGE_MINIMUM:
+            for row in rows:
+                if row.dataset == reference.dataset:
+                    row.form_accuracy = None
     return write_results(settings, rows, references, commit)
 
 
