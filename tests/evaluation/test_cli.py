@@ -223,3 +223,6 @@ def test_gain_writes_every_region_of_a_real_run_and_refuses_a_classifier(evaluat
     assert "no two pieces of the split share a form" in capsys.readouterr().err
     assert main(["gain", str(evaluated["classifier"])]) == 2
     assert "has no snippets to swap" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a bootstrap of 5 draws gives no 95% interval
+        main(["gain", str(evaluated["staria"]), "--resamples", "5"])
+    assert "at least 100 draws" in capsys.readouterr().err

@@ -80,8 +80,10 @@ def test_a_compact_run_records_its_rows_resumes_and_generates(tmp_path, module_d
     assert rows is not None and UNKNOWN_ID in rows.tolist() and len(rows) < 2000
     decoder_rows = state["net.decoder.net.token_emb.emb.weight"].shape[0]
     assert decoder_rows == len(rows) == state["net.decoder.net.to_logits.weight"].shape[0]
-    resumed = train(smoke(run_dir, "model.vocabulary=compact", *steps(4)))
-    assert resumed.global_step == 4  # resumed into the compact net from step 3
+    more_data = ["data.synthesis.pieces_per_form=5", "resume.apply_changes=true"]
+    resumed = train(smoke(run_dir, "model.vocabulary=compact", *steps(4), *more_data))
+    assert resumed.global_step == 4  # resumed into its own rows, whatever the data holds now
+    assert torch.equal(resumed.lightning_module.net.decoder.net.token_emb.emb.full_ids, rows)
     loaded = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert isinstance(loaded.net.decoder.net.token_emb.emb, CompactEmbedding)
     out_dir = tmp_path / "samples"

@@ -15,12 +15,19 @@ from torch import nn
 from staria.data.datasets import PieceSource
 from staria.evaluation.anchors import kind_unigram_loss
 from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
-from staria.research.recipe import Recipe, run_recipe, summary, validation_losses
+from staria.research.recipe import (
+    Recipe,
+    RecipeError,
+    run_recipe,
+    summary,
+    validation_losses,
+)
 from staria.tokenizer import MusicTokenizerWithStyle, TokenKind, TokenTable
 from staria.training.config import ConfigValueError, check_consistent
 from staria.training.encoder_check import ENCODER_CHECK_FILE, section_retrieval
 from staria.training.tasks import StariaTask
 from staria.training.tasks.base import InitWeightsError
+from staria.training.train import RunConfigChangedError
 from tests.harness import compose_config, steps
 from tests.training.runs import first_train_batch, synthetic_datamodule
 
@@ -91,6 +98,31 @@ def test_weights_of_another_shape_are_refused_naming_the_setting_and_file(tmp_pa
     path = lightning_file(tmp_path / "deep.ckpt", baseline)
     with pytest.raises(InitWeightsError, match=re.escape(f"init_decoder_from={path}")):
         staria_task().init_decoder_from(path)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", bytes(range(256)) * 4])
+def test_unreadable_weights_are_refused_naming_the_setting_and_file(tmp_path, content):
+    path = tmp_path / "weights.ckpt"
+    path.write_bytes(content)
+    for key in ("init_encoder_from", "init_decoder_from", "init_from"):
+        with pytest.raises(InitWeightsError, match=re.escape(f"{key}={path}")):
+            getattr(staria_task(), key)(path)
+
+
+def test_a_missing_weights_file_is_refused_before_anything_is_built():
+    cfg = compose_config("train", "experiment=demo", "init_decoder_from=/nowhere/w.ckpt")
+    with pytest.raises(ConfigValueError, match=re.escape("init_decoder_from=/nowhere/w.ckpt")):
+        check_consistent(cfg)
+
+
+def test_the_recipe_checks_every_preset_and_role_first(tmp_path):
+    with pytest.raises(RecipeError, match="--staria nosuch"):
+        run_recipe(Recipe("demo_encoder", "demo_unconditional", "nosuch"), tmp_path)
+    with pytest.raises(RecipeError, match="--encoder demo trains StariaTask"):
+        run_recipe(Recipe("demo", "demo_unconditional", "demo"), tmp_path)
+    with pytest.raises(RecipeError, match="--decoder demo_encoder trains ContrastiveTask"):
+        run_recipe(Recipe("demo_encoder", "demo_encoder", "demo"), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing trained
 
 
 def test_part_weights_need_a_model_with_that_part():
@@ -200,3 +232,7 @@ def test_the_chain_runs_each_stage_from_the_last_and_resumes(tmp_path, module_da
     (runs / "stage-C" / "finished.json").unlink()  # C interrupted: only C runs again
     again = run_recipe(recipe, runs, TINY_CHAIN)
     assert [name for name, phase in again.items() if not phase.skipped] == ["C"]
+    with pytest.raises(RunConfigChangedError, match="lr"):  # finished, but with other settings
+        run_recipe(recipe, runs, (*TINY_CHAIN, "model.optimizer.lr=1e-4"))
+    with pytest.raises(RunConfigChangedError, match="init_decoder_from"):
+        run_recipe(Recipe("demo_encoder", None, "demo"), runs, TINY_CHAIN)

@@ -369,6 +369,14 @@ def dataset_statistics(inputs: Sequence[str | Path], out_dir: str | Path) -> Pat
     return save_statistics(sets, out_dir)
 
 
+def _resamples(text: str) -> int:
+    """A bootstrap size: at least 100 draws, or a 95% interval means nothing."""
+    value = int(text)
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"{value}: at least 100 draws for a 95% interval")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(prog="staria-eval", description=__doc__.split("\n")[0])
     commands = main_parser.add_subparsers(dest="command", required=True)
@@ -392,7 +400,10 @@ def parser() -> argparse.ArgumentParser:
     )
     gain.add_argument("checkpoint", help="a staria or baseline run's checkpoint")
     gain.add_argument("--split", choices=("train", "val", "test"), default="val")
-    gain.add_argument("--resamples", type=int, default=1000, help="bootstrap draws")
+    gain.add_argument("--resamples", type=_resamples, default=1000, help="bootstrap draws (>= 100)")
+    gain.add_argument(
+        "--run-config", help="the run's config.yaml, for a checkpoint moved out of it"
+    )
     gain.add_argument("--out", help="folder for snippet_gain.json (default: the run folder)")
     compare = commands.add_parser("compare", help="two or more evaluations side by side")
     compare.add_argument("eval_dirs", nargs="+", help="folders `staria-eval samples` wrote")
@@ -416,7 +427,9 @@ def run(args: argparse.Namespace) -> Path:
     if args.command == "compare":
         return compare_evaluations(args.eval_dirs, args.out)
     if args.command == "gain":
-        return checkpoint_gain(args.checkpoint, args.split, args.resamples, args.out)
+        return checkpoint_gain(
+            args.checkpoint, args.split, args.resamples, args.out, args.run_config
+        )
     return rebuild_report(args.eval_dir)
 
 

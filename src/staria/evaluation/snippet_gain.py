@@ -152,17 +152,25 @@ def snippet_information_gain(
 
 
 def checkpoint_gain(
-    checkpoint: str | Path, split: str = "val", resamples: int = 1000, out: Path | None = None
+    checkpoint: str | Path,
+    split: str = "val",
+    resamples: int = 1000,
+    out: Path | None = None,
+    run_config: str | Path | None = None,
 ) -> Path:
     """The gain of a generative run's checkpoint on its own data's `split`, written as
-    `snippet_gain.json` beside the checkpoint's run (or in `out`)."""
-    loaded = load_checkpoint(checkpoint)
+    `snippet_gain.json` beside the checkpoint's run (or in `out`); `run_config` for a
+    checkpoint moved out of its run folder."""
+    loaded = load_checkpoint(checkpoint, run_config=run_config)
     datamodule = instantiate(loaded.data_settings)
     if datamodule.task != "generative":
         raise SnippetGainError(f"{checkpoint}: a {datamodule.task} run has no snippets to swap")
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "fit")
-    gains = snippet_information_gain(loaded.net, datamodule.datasets[split], resamples)
+    dataset = datamodule.datasets[split]
+    if len(dataset) == 0:
+        raise SnippetGainError(f"{checkpoint}: its data's {split} split is empty")
+    gains = snippet_information_gain(loaded.net, dataset, resamples)
     path = Path(out or loaded.run_dir) / GAIN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {

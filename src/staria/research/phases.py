@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.trainer.states import TrainerStatus
 from omegaconf import DictConfig, open_dict
 
 from staria.generation.generate import generate
@@ -24,7 +25,7 @@ from staria.generation.manifest import MANIFEST_FILE
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import LAST_CHECKPOINT
 from staria.training.resume import is_finished
-from staria.training.train import train
+from staria.training.train import changed_settings, train
 
 log = logging.getLogger(__name__)
 CONF_DIR = REPO_ROOT / "conf"
@@ -32,6 +33,11 @@ CONF_DIR = REPO_ROOT / "conf"
 
 class PhaseError(RuntimeError):
     """A phase ended without what the next phase needs; names the phase and the missing file."""
+
+
+class PhaseInterrupted(PhaseError):
+    """A training phase stopped by a signal (Ctrl-C, a time limit) with its `last.ckpt` saved:
+    the same command continues it."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +76,22 @@ def train_config(preset: str, run_dir: Path, overrides: Sequence[str] = ()) -> D
 def run_train_phase(
     name: str, preset: str, run_dir: Path, overrides: Sequence[str] = ()
 ) -> PhaseResult:
-    """Train `preset` in `run_dir` (resuming a partial run); skipped once `finished.json` exists."""
+    """Train `preset` in `run_dir` (resuming a partial run); skipped once `finished.json` exists,
+    when the run finished with these settings (`RunConfigChangedError` listing them if not)."""
     run_dir = Path(run_dir)
+    cfg = train_config(preset, run_dir, overrides)
     if is_finished(run_dir):
+        changed_settings(cfg, run_dir)  # a finished run of other settings is not this phase
         log.info("phase %s: finished in %s, skipped", name, run_dir)
         return PhaseResult(name, run_dir, skipped=True)
     log.info("phase %s: training experiment=%s in %s", name, preset, run_dir)
-    train(train_config(preset, run_dir, overrides))
+    trainer = train(cfg)
     if not is_finished(run_dir):
+        if trainer is not None and trainer.state.status == TrainerStatus.INTERRUPTED:
+            raise PhaseInterrupted(
+                f"phase {name} was interrupted in {run_dir} (last.ckpt saved): run the same "
+                "command again to continue"
+            )
         raise PhaseError(f"phase {name}: {run_dir} has no finished marker after training")
     return PhaseResult(name, run_dir, skipped=False)
 

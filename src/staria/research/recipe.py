@@ -19,19 +19,27 @@ import argparse
 import csv
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from staria.data.cache import CachedSplit
 from staria.data.preprocess import find_index
 from staria.evaluation.anchors import kind_unigram_loss
-from staria.research.phases import PhaseResult, last_checkpoint, run_train_phase, train_config
+from staria.research.phases import (
+    PhaseInterrupted,
+    PhaseResult,
+    last_checkpoint,
+    run_train_phase,
+    train_config,
+)
 from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
 from staria.training.stages import STAGES
+from staria.training.train import EXIT_INTERRUPTED, RunConfigChangedError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +56,48 @@ class Recipe:
     staria: str
 
 
+# The training task each role's preset must train (its class's `data_task`/`data_layout`).
+ROLES = {
+    "encoder": ("contrastive", None),
+    "decoder": ("generative", ("unconditional", "baseline")),
+    "staria": ("generative", ("staria",)),
+}
+
+
+class RecipeError(ValueError):
+    """A preset that does not exist or does not train what its role needs."""
+
+
+def check_recipe(recipe: Recipe, overrides: Sequence[str] = ()) -> None:
+    """Every preset composes (with `overrides`) and trains its role's kind of model, before
+    any phase runs: `RecipeError` naming the role and preset otherwise."""
+    for role, preset in (
+        ("encoder", recipe.encoder),
+        ("decoder", recipe.decoder),
+        ("staria", recipe.staria),
+    ):
+        if preset is None:
+            continue
+        try:
+            cfg = train_config(preset, Path("unused"), overrides)
+        except Exception as error:  # Hydra's errors name the missing preset or key
+            raise RecipeError(f"--{role} {preset}: {error}") from None
+        task = get_class(cfg.model._target_)
+        data_task, layouts = ROLES[role]
+        if task.data_task != data_task or (layouts and task.data_layout not in layouts):
+            raise RecipeError(
+                f"--{role} {preset} trains {task.__name__}; the {role} role needs a "
+                f"{data_task} model{' (' + ', '.join(layouts) + ')' if layouts else ''}"
+            )
+
+
 def run_recipe(
     recipe: Recipe, runs_dir: Path, overrides: Sequence[str] = ()
 ) -> dict[str, PhaseResult]:
-    """Every phase of `recipe` in order under `runs_dir`; `overrides` apply to each phase."""
+    """Every phase of `recipe` in order under `runs_dir`; `overrides` apply to each phase.
+    The presets are checked first (`check_recipe`); a finished phase trained with other
+    settings is refused (`RunConfigChangedError`), an interrupted one resumes."""
+    check_recipe(recipe, overrides)
     phases = {
         "encoder": run_train_phase("encoder", recipe.encoder, runs_dir / "encoder", overrides)
     }
@@ -134,7 +180,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     decoder = None if args.decoder.lower() == "none" else args.decoder
     recipe = Recipe(args.encoder, decoder, args.staria)
-    phases = run_recipe(recipe, args.runs_dir.resolve(), args.overrides)
+    try:
+        phases = run_recipe(recipe, args.runs_dir.resolve(), args.overrides)
+    except PhaseInterrupted as stopped:
+        print(f"staria recipe: {stopped}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except (RecipeError, RunConfigChangedError) as error:
+        print(f"staria recipe: {error}", file=sys.stderr)
+        sys.exit(2)
     print(summary(phases, anchor_loss(recipe, args.runs_dir.resolve(), args.overrides)))
 
 

@@ -107,13 +107,19 @@ def check_consistent(cfg: DictConfig) -> None:
     for key, what in (("task", "task"), ("model_kind", "layout")):
         needed, given = data_for_model(target, what), OmegaConf.select(cfg, f"data.{key}")
         if given != needed:
-            wrong.append(f"data.{key}={given} (model `{target}` reads {needed!r})")
+            wrong.append(
+                f"data.{key}={given} (model `{target}` reads {needed!r}: drop the data override, "
+                "the model group sets the data layout)"
+            )
     encoder_len = OmegaConf.select(cfg, "model.net.encoder.max_seq_len")
     if encoder_len is None and target.endswith("ContrastiveTask"):
         encoder_len = OmegaConf.select(cfg, "model.net.max_seq_len")
     parts = [key for key in ("init_encoder_from", "init_decoder_from") if cfg.get(key)]
     if parts and not target.endswith("StariaTask"):
         wrong.append(f"{parts[0]}={cfg[parts[0]]} (only model=staria has an encoder and decoder)")
+    for key in ("init_from", *parts):
+        if cfg.get(key) and not os.path.isfile(cfg[key]):
+            wrong.append(f"{key}={cfg[key]} (no such file)")
     aria = OmegaConf.select(cfg, "model.net.aria_weights")
     if aria and OmegaConf.select(cfg, "model.vocabulary") == "compact":
         wrong.append(f"model.vocabulary=compact (Aria weights {aria} need every id's rows)")
@@ -124,10 +130,7 @@ def check_consistent(cfg: DictConfig) -> None:
             f"encoder reads at most model.net...max_seq_len={encoder_len})"
         )
     if wrong:
-        raise ConfigValueError(
-            "settings that must agree do not: " + "; ".join(wrong) + ". Drop the data "
-            "overrides (the model group sets the data layout) or choose matching values"
-        )
+        raise ConfigValueError("settings that must agree do not: " + "; ".join(wrong))
 
 
 def register_configs() -> None:

@@ -22,6 +22,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from staria.models.xtransformers import compact_ids_in
 from staria.training import safe_loading
 from staria.training.checkpointing import HISTORY_FILE, write_text_atomic
 from staria.training.config import (
@@ -245,7 +246,7 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
         return None
     refuse_foreign_checkpoints(Path(trainer.default_root_dir))
     if cfg.model.get("vocabulary") == "compact":  # before any weights load, resumed ones too
-        task.use_vocabulary(datamodule.used_token_ids())
+        task.use_vocabulary(compact_rows(point.checkpoint, datamodule, allow_pickle))
     if point.checkpoint is None:
         init_weights(task, cfg, allow_pickle)
     if cfg.train:  # data that cannot train fails here, before the run folder changes
@@ -271,6 +272,21 @@ def check_encoder(task, datamodule, run_dir: Path, source: str) -> None:
         task.net.encoder, datamodule.datasets["val"].source, datamodule.sequence
     )
     log.info("%s", write_encoder_check(result, run_dir, source))
+
+
+def compact_rows(checkpoint: Path | None, datamodule, allow_pickle: bool):
+    """A compact vocabulary's rows: a resumed run's own (its checkpoint's, whatever its data
+    holds now: `resume.apply_changes` may have changed the data), else the data's ids."""
+    if checkpoint is None:
+        return datamodule.used_token_ids()
+    state = safe_loading.load(checkpoint, allow_pickle, map_location="cpu")
+    rows = compact_ids_in(state.get("state_dict", {}))
+    if rows is None:
+        raise RunConfigChangedError(
+            f"{checkpoint} holds every vocabulary id's rows: model.vocabulary=compact cannot "
+            "resume it; resume with model.vocabulary=full"
+        )
+    return rows
 
 
 def init_weights(task, cfg: DictConfig, allow_pickle: bool) -> None:

@@ -7,6 +7,7 @@ checkpointing are options of the networks (`conf/model/net`).
 
 import math
 import time
+import zipfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -349,19 +350,34 @@ class TrainingTask(pl.LightningModule):
 
         Safetensors, or `torch.load` as data only unless `allow_pickle_runs_code`.
         """
-        state = net_state(path, allow_pickle_runs_code)
+        state = net_state(path, allow_pickle_runs_code, "init_from")
         load_weights(self.net, state, f"init_from={path}")
 
 
-def net_state(path: str | Path, allow_pickle_runs_code: bool = False) -> dict[str, torch.Tensor]:
+def net_state(
+    path: str | Path, allow_pickle_runs_code: bool = False, what: str = ""
+) -> dict[str, torch.Tensor]:
     """The network weights in a file: a Lightning checkpoint's `net.*` entries (prefix removed),
-    or a state dict (safetensors, or `torch.load` as data only unless `allow_pickle_runs_code`)."""
+    or a state dict (safetensors, or `torch.load` as data only unless `allow_pickle_runs_code`).
+    `InitWeightsError` naming `what` (the setting) and the file for anything else."""
+    what = f"{what or 'weights'}={path}"
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if not path.is_file():
+        raise InitWeightsError(f"{what}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = safe_loading.load(path, allow_pickle_runs_code, map_location="cpu")
+            return load_file(path)
+        if not allow_pickle_runs_code and not zipfile.is_zipfile(path):  # torch.save's format
+            raise InitWeightsError(f"{what}: not a checkpoint or state dict (torch.save's zip)")
+        state = safe_loading.load(path, allow_pickle_runs_code, map_location="cpu")
+    except (OSError, EOFError, KeyError, RuntimeError, ValueError) as error:
+        if isinstance(error, InitWeightsError):
+            raise
+        raise InitWeightsError(f"{what}: unreadable ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise InitWeightsError(f"{what}: holds a {type(state).__name__}, not a state dict")
     if "state_dict" not in state:
         return state
     return {

@@ -19,7 +19,7 @@ class StariaTask(TrainingTask):
         """The snippet encoder's weights from another run: a contrastive run (its whole net is
         an encoder), a classifier or a Staria run (their `encoder`). `InitWeightsError` names
         the file and the keys when the shapes differ."""
-        state = net_state(path, allow_pickle_runs_code)
+        state = net_state(path, allow_pickle_runs_code, "init_encoder_from")
         if any(key.startswith("encoder.") for key in state):
             state = {
                 key.removeprefix("encoder."): value
@@ -34,7 +34,7 @@ class StariaTask(TrainingTask):
         layers, which keep their initial values with the adapters (`decoder_only_state_for`)."""
         state = {
             key.removeprefix("net."): value
-            for key, value in net_state(path, allow_pickle_runs_code).items()
+            for key, value in net_state(path, allow_pickle_runs_code, "init_decoder_from").items()
         }
         decoder = self.net.decoder.net
         load_weights(
