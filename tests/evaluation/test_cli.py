@@ -211,7 +211,7 @@ def test_wandb_evaluation_attaches_to_the_training_run(evaluated, tmp_path, monk
 
 def test_gain_writes_every_region_of_a_real_run_and_refuses_a_classifier(evaluated, capsys):
     out = evaluated["root"] / "gain"
-    args = ["gain", str(evaluated["staria"]), "--resamples", "20", "--out", str(out)]
+    args = ["gain", str(evaluated["staria"]), "--resamples", "200", "--out", str(out)]
     assert main([*args, "--split", "train"]) == 0  # the tiny run holds one val piece per form
     record = json.loads((out / "snippet_gain.json").read_text())
     assert record["split"] == "train" and set(record["regions"]) == set(REGIONS)
