@@ -177,6 +177,18 @@ def test_changed_settings_are_refused_or_applied_from_the_resumed_step(tmp_path)
     assert len(kept) == 1 and "lr: 0.0003" in kept[0].read_text()
 
 
+def test_applied_changes_that_do_not_fit_the_weights_are_refused_writing_nothing(tmp_path):
+    cfg = smoke(tmp_path, *SIX_STEPS)
+    preempt_at_step(cfg, 2)
+    train(cfg)
+    before = folder(tmp_path)
+    wider = ["model.net.decoder.dim=96", "model.net.decoder.context_dim=64"]
+    with pytest.raises(RunConfigChangedError, match=r"does not fit.*nothing was written"):
+        train(smoke(tmp_path, *SIX_STEPS, *wider, "resume.apply_changes=true"))
+    assert folder(tmp_path) == before  # config.yaml and the checkpoints as they were
+    assert train(smoke(tmp_path, *SIX_STEPS)).global_step == 6  # the run still resumes
+
+
 def test_a_resume_with_unchanged_settings_keeps_the_optimizer_exactly(tmp_path, straight):
     # on_train_start re-applies the settings on every resume; unchanged, it must be a no-op
     cfg = smoke(tmp_path, *SIX_STEPS)

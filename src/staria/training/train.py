@@ -249,6 +249,8 @@ def _train(cfg: DictConfig, run_dir: Path, held: contextlib.ExitStack) -> pl.Tra
         task.use_vocabulary(compact_rows(point.checkpoint, datamodule, allow_pickle))
     if point.checkpoint is None:
         init_weights(task, cfg, allow_pickle)
+    elif changes:  # applied changes must fit the weights they resume, before config.yaml moves
+        check_changes_fit(task, point.checkpoint, changes, allow_pickle)
     if cfg.train:  # data that cannot train fails here, before the run folder changes
         datamodule.trainer = trainer
         datamodule.prepare_data()
@@ -287,6 +289,20 @@ def compact_rows(checkpoint: Path | None, datamodule, allow_pickle: bool):
             "resume it; resume with model.vocabulary=full"
         )
     return rows
+
+
+def check_changes_fit(task, checkpoint: Path, changes: list[str], allow_pickle: bool) -> None:
+    """`RunConfigChangedError` when settings applied with `resume.apply_changes` build a network
+    the checkpoint's weights do not fit (a wider net, other data's compact rows): refused with
+    nothing written, instead of failing in Lightning's restore after config.yaml was replaced."""
+    state = safe_loading.load(checkpoint, allow_pickle, map_location="cpu")["state_dict"]
+    try:
+        task.load_state_dict(state)
+    except RuntimeError as error:
+        raise RunConfigChangedError(
+            f"resume.apply_changes: the changed settings ({'; '.join(changes[:5])}) build a "
+            f"network that {checkpoint} does not fit; nothing was written: {error}"
+        ) from None
 
 
 def init_weights(task, cfg: DictConfig, allow_pickle: bool) -> None:
