@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
+from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle, PieceLimits
 from staria.tokenizer.midi_events import MAX_VLQ_VALUE, read_events, write_events
 from staria.tokenizer.midi_io import (
     DRUM_FAMILY_INDEX,
@@ -21,7 +21,6 @@ from staria.tokenizer.midi_io import (
     MAX_FILE_BYTES,
     MS_BOUND,
     AriaNotes,
-    MidiReadError,
     NoteTable,
     _aria_onsets_ms,
     _aria_spans_ms,

@@ -13,6 +13,7 @@ The names below are the public API; the rest of Staria imports them from here.
 """
 
 from staria.tokenizer.codec import MusicTokenizerWithStyle, PieceLimits
+from staria.tokenizer.midi_io import MidiReadError
 from staria.tokenizer.vocabulary import (
     COMPOSERS,
     END,
@@ -38,6 +39,7 @@ __all__ = [
     "SEGMENT_MS",
     "TIME",
     "TIME_STEP_MS",
+    "MidiReadError",
     "MusicTokenizerWithStyle",
     "PieceLimits",
     "Token",
