@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -13,3 +15,15 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return float(centre - half), float(centre + half)
+
+
+def mean_interval(
+    values: Sequence[float], resamples: int = 1000, seed: int = 0
+) -> tuple[float | None, tuple[float, float] | None]:
+    """The mean and its 95% bootstrap interval; (None, None) for no values."""
+    if not len(values):
+        return None, None
+    values = np.asarray(values, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+    return float(values.mean()), (float(low), float(high))

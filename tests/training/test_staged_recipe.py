@@ -15,12 +15,12 @@ from torch import nn
 from staria.data.datasets import PieceSource
 from staria.evaluation.anchors import kind_unigram_loss
 from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
+from staria.research.phases import val_curve
 from staria.research.recipe import (
     Recipe,
     RecipeError,
     run_recipe,
     summary,
-    validation_losses,
 )
 from staria.tokenizer import MusicTokenizerWithStyle, TokenKind, TokenTable
 from staria.training.config import ConfigValueError, check_consistent
@@ -221,12 +221,12 @@ def test_the_chain_runs_each_stage_from_the_last_and_resumes(tmp_path, module_da
     assert check["queries"] > 0 and check["chance"] == pytest.approx(1 / check["candidates"])
     stored = (runs / "stage-B" / "config.yaml").read_text()
     assert f"init_from: {runs / 'stage-A' / 'checkpoints' / 'last.ckpt'}" in stored
-    assert all(validation_losses(phase.folder) for phase in phases.values())
+    assert all(val_curve(phase.folder) for phase in phases.values())
     lines = summary(phases, anchor=4.5).splitlines()
     assert lines[0].endswith("(kind-unigram anchor: 4.50)") and "NT-Xent" in lines[1]
     c_first, c_last = (
-        validation_losses(phases["C"].folder)[0][1],
-        validation_losses(phases["C"].folder)[-1][1],
+        val_curve(phases["C"].folder)[0][1],
+        val_curve(phases["C"].folder)[-1][1],
     )
     assert f"{c_first:.2f} -> step" in lines[-1] and f"{c_last:.2f} (" in lines[-1]
     (runs / "stage-C" / "finished.json").unlink()  # C interrupted: only C runs again

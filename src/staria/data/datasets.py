@@ -180,9 +180,10 @@ class GenerativeDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.item(index)
 
-    def positions(self, index: int) -> np.ndarray:
-        """Where piece `index`'s training sequence comes from in its token ids (its crop)."""
-        ids = self.source.split.tokens(index)
+    def positions(self, index: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """Where piece `index`'s training sequence comes from in its token ids `ids` (read
+        when not given): its crop."""
+        ids = self.source.split.tokens(index) if ids is None else ids
         return self.source.crop_positions(ids, self.settings.max_seq_len, _rng(self.seed, index))
 
     def item(self, index: int, snippets_from: int | None = None) -> dict:
@@ -191,8 +192,9 @@ class GenerativeDataset(Dataset):
         source = self.source
         ids = source.split.tokens(index)
         donor = index if snippets_from is None else snippets_from
-        snippets = source.snippets(donor, source.split.tokens(donor), self.settings)
-        sequence = ids[self.positions(index)]
+        donor_ids = ids if donor == index else source.split.tokens(donor)
+        snippets = source.snippets(donor, donor_ids, self.settings)
+        sequence = ids[self.positions(index, ids)]
         if self.model_kind != "baseline":
             loss_mask = np.ones(len(sequence), dtype=bool)
             loss_mask[0] = False

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from staria.evaluation.notes import SectionedNotes
+from staria.statistics import mean_interval
 from staria.tokenizer import TIME_STEP_MS
 
 
@@ -76,18 +77,6 @@ def chance_fidelities(pieces: Sequence[SectionedNotes]) -> list[float]:
                     scores.append(score)
             seen.add(letter)
     return scores
-
-
-def mean_interval(
-    values: Sequence[float], resamples: int = 1000, seed: int = 0
-) -> tuple[float | None, tuple[float, float] | None]:
-    """The mean and its 95% bootstrap interval; (None, None) for no values."""
-    if not len(values):
-        return None, None
-    values = np.asarray(values, dtype=np.float64)
-    draws = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-    low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
-    return float(values.mean()), (float(low), float(high))
 
 
 def copy_fidelity_metrics(

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from staria.evaluation.notes import SectionedNotes
-from staria.evaluation.structure_metrics import section_profile
+from staria.evaluation.structure_metrics import section_profiles
 from staria.statistics import wilson_interval
 from staria.tokenizer import SECTION_LETTERS
-from staria.tokenizer.midi_io import NoteTable
 
 
 @dataclass(frozen=True)
@@ -31,20 +30,11 @@ class JudgedForm:
     letters: tuple[str, ...]
 
 
-def _profiles(piece: SectionedNotes) -> list[np.ndarray]:
-    notes = piece.notes
-    fields = NoteTable.__dataclass_fields__
-    return [
-        section_profile(NoteTable(*(getattr(notes, f)[piece.note_section == i] for f in fields)))
-        for i in range(len(piece.letters))
-    ]
-
-
 def judge_form(piece: SectionedNotes, threshold: float) -> JudgedForm:
     """The letters `piece`'s sections' material spells (see the module docstring)."""
     firsts: list[np.ndarray] = []  # first occurrence profile of each judged letter
     letters = []
-    for profile in _profiles(piece):
+    for profile in section_profiles(piece):
         norm = np.linalg.norm(profile)
         if norm == 0:
             letters.append("-")

@@ -71,7 +71,7 @@ def token_regions(dataset: GenerativeDataset, index: int) -> np.ndarray:
         seen.add(letter)
     region[np.isin(ids, list(source.layout.section_id.values()))] = REGIONS.index("section_token")
     region[ids == source.eos_id] = REGIONS.index("end")
-    return region[dataset.positions(index)]
+    return region[dataset.positions(index, ids)]
 
 
 def same_form_donors(dataset: GenerativeDataset) -> dict[int, int]:

@@ -95,13 +95,18 @@ def _take(notes: NoteTable, keep: np.ndarray) -> NoteTable:
     return NoteTable(*(getattr(notes, f)[keep] for f in NoteTable.__dataclass_fields__))
 
 
-def section_similarities(piece: SectionedNotes) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of each section to the first occurrence of every earlier letter,
-    split into (same letter, different letter). Sections without notes take no part."""
-    profiles = [
+def section_profiles(piece: SectionedNotes) -> list[np.ndarray]:
+    """`section_profile` of each of `piece`'s sections, in order (all zeros: no notes)."""
+    return [
         section_profile(_take(piece.notes, piece.note_section == index))
         for index in range(len(piece.letters))
     ]
+
+
+def section_similarities(piece: SectionedNotes) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of each section to the first occurrence of every earlier letter,
+    split into (same letter, different letter). Sections without notes take no part."""
+    profiles = section_profiles(piece)
     first = {}
     same, different = [], []
     for index, letter in enumerate(piece.letters):

@@ -13,7 +13,6 @@ MIDI (wake) and both generators are compared again on it. docs/experiment.md has
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from staria.research.phases import (
     run_generate_phase,
     run_train_phase,
     train_config,
+    val_curve,
 )
 from staria.research.wake_sleep import label_phase
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenTable
@@ -107,25 +107,6 @@ class ReferenceRow:
     section_similarity_same: float | None
     section_similarity_different: float | None
     section_similarity_gap: float | None
-
-
-def metrics_csv(run_dir: Path) -> list[dict[str, str]]:
-    """Every row Lightning's CSVLogger wrote for a run, over all its (re)start versions."""
-    rows = []
-    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
-        with path.open() as handle:
-            rows.extend(csv.DictReader(handle))
-    return rows
-
-
-def val_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, val/loss) at every validation, in step order."""
-    points = {
-        int(row["step"]): float(row["val/loss"])
-        for row in metrics_csv(run_dir)
-        if row.get("val/loss")
-    }
-    return sorted(points.items())
 
 
 def tokens_seen(preset: str, run_dir: Path, overrides: Sequence[str]) -> tuple[int, int, int]:

@@ -9,6 +9,7 @@ is skipped, so rerunning an interrupted experiment continues where it stopped.
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,25 @@ def run_train_phase(
             )
         raise PhaseError(f"phase {name}: {run_dir} has no finished marker after training")
     return PhaseResult(name, run_dir, skipped=False)
+
+
+def metrics_csv(run_dir: Path) -> list[dict[str, str]]:
+    """Every row Lightning's CSVLogger wrote for a run, over all its (re)start versions."""
+    rows = []
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with path.open() as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def val_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, val/loss) at every validation, in step order."""
+    points = {
+        int(row["step"]): float(row["val/loss"])
+        for row in metrics_csv(run_dir)
+        if row.get("val/loss")
+    }
+    return sorted(points.items())
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -16,7 +16,6 @@ and last, against the kind-unigram anchor (`evaluation.anchors`) on the same val
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -36,6 +35,7 @@ from staria.research.phases import (
     last_checkpoint,
     run_train_phase,
     train_config,
+    val_curve,
 )
 from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
 from staria.training.stages import STAGES
@@ -116,17 +116,6 @@ def run_recipe(
     return phases
 
 
-def validation_losses(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, val/loss) of every validation the run's CSV logger recorded, in step order."""
-    points = {}
-    for metrics in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
-        with metrics.open() as handle:
-            for row in csv.DictReader(handle):
-                if row.get("val/loss"):
-                    points[int(row["step"])] = float(row["val/loss"])
-    return sorted(points.items())
-
-
 def anchor_loss(recipe: Recipe, runs_dir: Path, overrides: Sequence[str] = ()) -> float:
     """The kind-unigram anchor on the Staria runs' own data: fitted on train, scored on val."""
     cfg = train_config(recipe.staria, runs_dir / "stage-A", ["stage=A", *overrides])
@@ -147,7 +136,7 @@ def summary(phases: dict[str, PhaseResult], anchor: float) -> str:
     (the encoder's loss is NT-Xent, another quantity)."""
     lines = [f"validation loss, nats per token (kind-unigram anchor: {anchor:.2f})"]
     for name, phase in phases.items():
-        losses = validation_losses(phase.folder)
+        losses = val_curve(phase.folder)
         if not losses:
             lines.append(f"  {name:8s} no CSV validation record in {phase.folder}")
             continue

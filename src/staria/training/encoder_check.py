@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from staria.data.collate import pad_sequences
 from staria.data.datasets import PieceSource, SequenceSettings
 from staria.models.encoder import SnippetEncoder
 from staria.statistics import wilson_interval
@@ -60,11 +61,7 @@ def _pooled(encoder: SnippetEncoder, rows: list[np.ndarray], pad_id: int) -> tor
     device = next(encoder.parameters()).device
     out = []
     for start in range(0, len(rows), 64):
-        batch = rows[start : start + 64]
-        width = max(len(row) for row in batch)
-        tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        for i, row in enumerate(batch):
-            tokens[i, : len(row)] = torch.from_numpy(row)
+        tokens = pad_sequences(rows[start : start + 64], pad_id)
         mask = tokens != pad_id
         _, pooled = encoder(tokens.to(device), mask.to(device))
         out.append(F.normalize(pooled.float(), dim=-1).cpu())
