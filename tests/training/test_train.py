@@ -7,10 +7,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from staria.paths import REPO_ROOT
 from staria.training.checkpointing import HISTORY_FILE
-from staria.training.config import ConfigValueError, MissingConfigValueError
+from staria.training.config import ConfigValueError, MissingConfigValueError, compose_net
 from staria.training.resume import FINISHED_MARKER, resume_point
 from staria.training.train import train
 from tests.harness import compose_config
@@ -35,15 +36,19 @@ def test_every_preset_runs_a_fast_dev_run(preset, tmp_path):
     cfg = compose_train(
         tmp_path,
         f"experiment={preset}",
-        f"model/net={TINY_NET[model]}",
         "data=synthetic",
         "data.max_seq_len=128",
         "trainer=cpu",
         "+trainer.fast_dev_run=1",
         "logger=none",
     )
+    # The tiny net over whatever sizes the preset sets (compare_baseline_full sets its own).
+    cfg.model.net = OmegaConf.merge(cfg.model.net, compose_net(TINY_NET[model]))
     trainer = train(cfg)
     assert trainer.global_step == 1
+    assert sum(p.numel() for p in trainer.lightning_module.parameters()) < 10_000_000
+    # fast_dev_run writes no checkpoint, as Lightning's own callback.
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
 
 
 def test_a_typo_in_an_override_names_the_key(tmp_path):

@@ -201,6 +201,8 @@ class RunCheckpoints(Checkpoint):
     min), `last.ckpt` every `last_every_n_steps` optimizer steps, and the history.
 
     Only rank 0 touches files; every rank calls `trainer.save_checkpoint` (it synchronises).
+    Under `trainer.fast_dev_run` it writes nothing, as Lightning's own checkpoint callback
+    (a one-batch check of a full-size preset would otherwise write gigabytes).
     """
 
     def __init__(
@@ -319,14 +321,15 @@ class RunCheckpoints(Checkpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if (
-            self.at_step_boundary(trainer)
+            not trainer.fast_dev_run
+            and self.at_step_boundary(trainer)
             and step % self.last_every_n_steps == 0
             and not self.validation_follows(trainer)
         ):
             self.save_last(trainer)
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.fast_dev_run:
             return
         best = self._save_top_k(trainer)
         if best is not None or trainer.global_step % self.last_every_n_steps == 0:
@@ -335,7 +338,7 @@ class RunCheckpoints(Checkpoint):
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """The final state as `last.ckpt`, and no partial file left: also when a resume found
         nothing left to train (Lightning then skips `on_train_start`/`on_train_end`)."""
-        if self.last_step != trainer.global_step:
+        if self.last_step != trainer.global_step and not trainer.fast_dev_run:
             self.save_last(trainer)
         if trainer.is_global_zero:
             for partial in self.checkpoint_dir.glob(f".*{PARTIAL_SUFFIX}"):
