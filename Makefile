@@ -100,8 +100,8 @@ report: install ## rebuild report.html of the evaluation folder RUN
 	@test -n "$(RUN)" || (echo "usage: make report RUN=<generated folder>/evaluation" && exit 1)
 	$(VENV)/bin/staria-eval report $(RUN)
 
-experiment: install ## Staria vs decoder-only baseline at equal size: results/compare/ table + plots [REAL=midi folders]
-	$(PY) -m staria.research.compare $(if $(REAL),--real $(REAL))
+experiment: install ## does conditioning work? control, baseline, Staria scratch and staged, 3 seeds, on CPU: results/compare/ [ARGS=--scale gpu ...]
+	$(PY) -m staria.research.compare $(ARGS)
 
 sweep: install ## submit a sweep to SLURM, one array task per point: make sweep EXP=smoke ARGS='model.optimizer.lr=1e-4,3e-4'
 	$(VENV)/bin/staria-train -m cluster=$(CLUSTER) experiment=$(EXP) $(ARGS)

@@ -27,3 +27,23 @@ def mean_interval(
     draws = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
     low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
     return float(values.mean()), (float(low), float(high))
+
+
+def paired_mean_interval(
+    values: np.ndarray, resamples: int = 1000, seed: int = 0
+) -> tuple[float | None, tuple[float, float] | None]:
+    """The mean of `values` [units, repeats] (NaN: no value, e.g. a sample without a return)
+    and its 95% bootstrap interval resampling the units (rows: prompts or pieces, each with its
+    repeats, e.g. one sample per seed). The draws depend only on the number of rows and `seed`,
+    so arrays over the same units get the same draws (paired). (None, None) without a value."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if not np.isfinite(values).any():
+        return None, None
+    draws = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    resampled = values[draws]  # [resamples, units, repeats]
+    sums = np.nansum(resampled, axis=(1, 2))
+    counts = np.isfinite(resampled).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    low, high = np.nanpercentile(means, [2.5, 97.5])
+    return float(np.nanmean(values)), (float(low), float(high))

@@ -19,7 +19,7 @@ from staria.evaluation.structure_metrics import (
     structure_metrics,
     texture,
 )
-from staria.statistics import wilson_interval
+from staria.statistics import mean_interval, paired_mean_interval, wilson_interval
 from staria.tokenizer import SEGMENT_MS, TokenKind, TokenTable
 from staria.tokenizer.midi_io import NoteTable, read_notes
 from tests.evaluation.midi_files import write_midi
@@ -278,3 +278,20 @@ def test_evaluation_reads_the_notes_the_written_midi_holds(tokenizer, table, tmp
             )
         )
         assert sorted(written) == expected, case
+
+
+def test_paired_mean_interval_pools_repeats_skips_gaps_and_pairs_its_draws():
+    values = np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]])
+    mean, (low, high) = paired_mean_interval(values, resamples=500)
+    assert mean == pytest.approx(4 / 5)  # NaN is no value, not a zero
+    assert 0.0 <= low <= mean <= high <= 1.0
+    assert paired_mean_interval(np.full((4, 3), 0.25)) == (0.25, (0.25, 0.25))
+    assert paired_mean_interval(np.full((2, 2), np.nan)) == (None, None)
+    # the same number of units draws the same resamples: one shift moves both ends alike
+    shifted = paired_mean_interval(values + 1.0, resamples=500)
+    assert shifted[1] == (pytest.approx(low + 1.0), pytest.approx(high + 1.0))
+    # a plain vector is one repeat per unit, as mean_interval's bootstrap
+    vector = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    paired, plain = paired_mean_interval(vector), mean_interval(vector)
+    assert paired[0] == pytest.approx(plain[0])
+    assert paired[1] == (pytest.approx(plain[1][0]), pytest.approx(plain[1][1]))

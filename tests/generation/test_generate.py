@@ -14,7 +14,7 @@ from staria.data.datasets import PieceSource, SequenceSettings, section_snippets
 from staria.data.sequences import TokenLayout
 from staria.evaluation.samples import read_manifest
 from staria.generation.checkpoint import load_checkpoint
-from staria.generation.generate import generate
+from staria.generation.generate import data_split, generate
 from staria.generation.manifest import OutputFolderError
 from staria.generation.prompts import PromptError, piece_from_split
 from staria.generation.sampling import SamplingConfigError
@@ -56,6 +56,34 @@ def assert_valid_samples(manifest: Path, count: int) -> list:
         assert 0 < len(sample.token_ids) <= 48
         assert sample.ended_with_eos == (TOKENIZER.eos_id in sample.token_ids)
     return samples
+
+
+@pytest.mark.parametrize("model", ["staria", "baseline"])
+def test_prompt_forms_ask_each_piece_for_its_own_target_form(runs, model, tmp_path):
+    forms = ["AB", "ABAC", "A"]
+    manifest = run_generate(
+        runs[model], tmp_path, "prompt.pieces=[2,0,1]", f"prompt.forms=[{','.join(forms)}]"
+    )
+    samples = assert_valid_samples(manifest, 3)
+    split = data_split(load_checkpoint(runs[model]), "val")
+    for sample, form, index in zip(samples, forms, [2, 0, 1], strict=True):
+        assert sample.form == form
+        assert TOKENIZER.decode(list(sample.token_ids[1:2])) == [f"<{form}>"]
+        assert sample.style == split.pieces[index].style["genre"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("prompt.forms=[AB,ABA]",), "2 forms for 3 conditioning pieces"),
+        (("prompt.forms=[AB,ABA,A]", "prompt.form=AB"), "both set"),
+        (("prompt.forms=[AB,XYZ,A]",), "XYZ"),
+    ],
+)
+def test_prompt_forms_that_cannot_be_asked_are_refused_by_name(runs, overrides, message, tmp_path):
+    with pytest.raises(PromptError, match=message):
+        run_generate(runs["staria"], tmp_path, *overrides)
+    assert not (tmp_path / "manifest.json").exists()
 
 
 def test_staria_samples_start_the_piece_and_carry_the_data_modules_snippets(runs, tmp_path):

@@ -15,7 +15,12 @@ from staria.generation.generate import generate
 from staria.generation.manifest import MANIFEST_FILE
 from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter
-from staria.models.xtransformers import CompactEmbedding, compact_ids_in, use_compact_vocabulary
+from staria.models.xtransformers import (
+    CompactEmbedding,
+    compact_ids_in,
+    use_compact_vocabulary,
+    vocabulary_parameter_count,
+)
 from staria.tokenizer.vocabulary import UNKNOWN_ID
 from staria.training.tasks import StariaTask
 from staria.training.tasks.base import sequence_loss
@@ -128,3 +133,17 @@ def test_the_compact_loss_is_the_full_logits_loss_with_its_gradients():
     torch.testing.assert_close(ours, theirs)
     for mine, full in zip(ours_grad, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(mine, full, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("aria_layout", [False, True])
+def test_vocabulary_parameters_are_the_embedding_and_head_rows_full_or_compact(aria_layout):
+    model = staria(aria_layout)
+    # encoder embedding; decoder embedding and untied head: 32 wide each
+    assert vocabulary_parameter_count(model) == 3 * VOCAB * 32
+    use_compact_vocabulary(model, USED, UNKNOWN_ID)
+    assert vocabulary_parameter_count(model) == 3 * len(USED) * 32
+    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=64, **SHAPE)
+    trunk = sum(p.numel() for p in baseline.parameters()) - 2 * VOCAB * 32
+    use_compact_vocabulary(baseline, USED, UNKNOWN_ID)
+    assert vocabulary_parameter_count(baseline) == 2 * len(USED) * 32
+    assert sum(p.numel() for p in baseline.parameters()) - 2 * len(USED) * 32 == trunk

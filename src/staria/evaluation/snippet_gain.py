@@ -116,16 +116,15 @@ def _piece_losses(net, dataset, collate, index, donor) -> tuple[np.ndarray, np.n
     return losses[0][ends[0] - length : ends[0]], losses[1][ends[1] - length : ends[1]]
 
 
-def snippet_information_gain(
-    net, dataset: GenerativeDataset, resamples: int = 1000, seed: int = 0
-) -> dict[str, RegionGain | None]:
-    """`RegionGain` per region over the pieces with a same-form donor (None: no token)."""
+def piece_region_sums(net, dataset: GenerativeDataset) -> tuple[list[int], np.ndarray]:
+    """The pieces with a same-form donor and, per piece and region, (tokens, summed loss with
+    true snippets, summed loss with the donor's): [pieces, len(REGIONS), 3]."""
     donors = same_form_donors(dataset)
     if not donors:
         raise SnippetGainError("no two pieces of the split share a form: no snippets to swap")
     collate = Collator(dataset.source.pad_id)
     pieces = sorted(donors)
-    sums = np.zeros((len(pieces), len(REGIONS), 3))  # tokens, true loss, other loss
+    sums = np.zeros((len(pieces), len(REGIONS), 3))
     for row, index in enumerate(pieces):
         true, other = _piece_losses(net, dataset, collate, index, donors[index])
         region = token_regions(dataset, index)
@@ -134,7 +133,16 @@ def snippet_information_gain(
         for column, name in enumerate(REGIONS):
             where = scored & ((region == column) if name != "all" else True)
             sums[row, column] = where.sum(), true[where].sum(), other[where].sum()
-    draws = np.random.default_rng(seed).integers(0, len(pieces), (resamples, len(pieces)))
+    return pieces, sums
+
+
+def region_gains(
+    sums: np.ndarray, resamples: int = 1000, seed: int = 0
+) -> dict[str, RegionGain | None]:
+    """`RegionGain` per region from `piece_region_sums`' array [pieces, regions, 3] (summed
+    over seeds, for runs scored on the same pieces): pieces are resampled, true and other
+    snippets stay paired. None for a region without tokens."""
+    draws = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
     result = {}
     for column, name in enumerate(REGIONS):
         tokens, true, other = sums[:, column].sum(axis=0)
@@ -149,6 +157,13 @@ def snippet_information_gain(
             int(tokens), true / tokens, other / tokens, (other - true) / tokens, (low, high)
         )
     return result
+
+
+def snippet_information_gain(
+    net, dataset: GenerativeDataset, resamples: int = 1000, seed: int = 0
+) -> dict[str, RegionGain | None]:
+    """`RegionGain` per region over the pieces with a same-form donor (None: no token)."""
+    return region_gains(piece_region_sums(net, dataset)[1], resamples, seed)
 
 
 def checkpoint_gain(

@@ -35,6 +35,8 @@ class PromptConfig:
     split: str = "val"
     pieces: list[int] | None = None
     form: str | None = None
+    # One target form per conditioning piece, in order (beside prompt.pieces or prompt.midi).
+    forms: list[str] | None = None
     structure: str = "auto"
     continue_s: float = 0.0
     style_key: str | None = None

@@ -85,6 +85,22 @@ def conditioning_pieces(cfg: DictConfig, loaded: LoadedCheckpoint, layout: Token
     return [piece_from_split(split, int(i), layout.tokenizer) for i in indices]
 
 
+def target_forms(prompt: DictConfig, num_pieces: int) -> list[str | None]:
+    """The form asked of each conditioning piece: `prompt.forms` in order, else `prompt.form`
+    (None: the piece's own form). `PromptError` naming the key when both are set or the
+    counts differ."""
+    if prompt.forms is None:
+        return [prompt.form] * num_pieces
+    if prompt.form is not None:
+        raise PromptError("prompt.form and prompt.forms are both set; give one of them")
+    if len(prompt.forms) != num_pieces:
+        raise PromptError(
+            f"prompt.forms has {len(prompt.forms)} forms for {num_pieces} conditioning pieces "
+            "(prompt.pieces or prompt.midi): give one per piece"
+        )
+    return list(prompt.forms)
+
+
 def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout) -> list[Prompt]:
     """One prompt per sample; conditioning pieces are used in turn."""
     source = cfg.prompt.source
@@ -101,20 +117,21 @@ def build_prompts(cfg: DictConfig, loaded: LoadedCheckpoint, layout: TokenLayout
         return [scratch_prompt(layout.tokenizer)] * cfg.num_samples
     structure = loaded.structure if cfg.prompt.structure == "auto" else cfg.prompt.structure
     pieces = conditioning_pieces(cfg, loaded, layout)
+    forms = target_forms(cfg.prompt, len(pieces))
     data = loaded.data_settings
     sequence = SequenceSettings(data.snippet_len, data.max_snippets, data.max_seq_len)
     prompts = [
         conditioned_prompt(
             piece,
             layout,
-            form=cfg.prompt.form,
+            form=form,
             structure=structure,
             style_key=cfg.prompt.style_key or data.style_key,
             sequence=sequence,
             decoder_only=loaded.task.data_layout == "baseline",  # its snippets are its prompt
             continue_s=cfg.prompt.continue_s,
         )
-        for piece in pieces
+        for piece, form in zip(pieces, forms, strict=True)
     ]
     return [prompts[i % len(prompts)] for i in range(cfg.num_samples)]
 

@@ -316,6 +316,23 @@ def use_compact_vocabulary(model: nn.Module, full_ids: Tensor, unknown_id: int) 
             net.to_logits = CompactHead(net.to_logits.weight[full_ids], full_ids, vocab_size)
 
 
+def vocabulary_parameter_count(model: nn.Module) -> int:
+    """Parameters of the token embedding and output head rows (full or compact) of every
+    x-transformers net in `model`; every other parameter is the trunk's (positions included).
+    A head tied to its embedding counts once."""
+    seen: set[int] = set()
+    total = 0
+    for net in [m for m in model.modules() if isinstance(m, TransformerWrapper)]:
+        parts = [net.token_emb]
+        if isinstance(net.to_logits, nn.Module):
+            parts.append(net.to_logits)
+        for parameter in (p for part in parts for p in part.parameters()):
+            if id(parameter) not in seen:
+                seen.add(id(parameter))
+                total += parameter.numel()
+    return total
+
+
 def compact_ids_in(state: dict[str, Tensor]) -> Tensor | None:
     """The `full_ids` a compact-vocabulary state dict was made with; None for a full one."""
     for key, value in state.items():

@@ -1,13 +1,25 @@
-"""The experiment: Staria (snippet-conditioned) against the decoder-only baseline.
+"""The experiment: does a model that reads section snippets use them?
 
-Both generators have (nearly) the same parameter count and see the same pieces, crops, batches
-and steps (`experiments/compare_*.yaml`). The table reports, per model: validation loss on the
-sequence, the form accuracy of generated samples as judged by a form classifier trained on
-synthetic pieces, whether the generated section tokens spell the requested form, and section
-self-similarity (docs/evaluation.md). With `--real FOLDER`, the classifier first labels the real
-MIDI (wake) and both generators are compared again on it. docs/experiment.md has the details.
+Four generative models with the same decoder trunk, trained on the same synthetic pieces, over
+several seeds (docs/experiment.md):
 
-    python -m staria.research.compare            # or: make experiment
+- `control`: the unconditional decoder (the sequence alone, no snippets);
+- `baseline`: the decoder-only baseline, snippets inline as a prompt before the sequence;
+- `staria_scratch`: Staria trained whole from random weights, cross-attention gates open
+  (`model.net.decoder.gate_init=OPEN_GATE`);
+- `staria_staged`: Staria by the staged recipe (`research.recipe`): contrastive encoder, the
+  control's decoder, then stages A, B, C.
+
+Each is measured with its chance and ceiling beside it: validation loss against the
+kind-unigram anchor, the snippet information gain (`evaluation.snippet_gain`, paired over val
+pieces and pooled over seeds), and, on samples prompted with held-out pieces' snippets and
+either their own form or another one, the material judge's form match and letter accuracy,
+copy fidelity of returning sections, the section similarity gap and the fraction ending with
+`<E>`. Intervals are 95% bootstrap intervals resampling prompts (or val pieces), each with its
+samples of every seed; every model's draws are the same (paired).
+
+    python -m staria.research.compare                    # or: make experiment (CPU, ~20 min)
+    python -m staria.research.compare --scale gpu --runs-dir runs/compare_gpu
 """
 
 from __future__ import annotations
@@ -15,275 +27,124 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
+import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
 
 from staria.data.cache import CachedSplit
 from staria.data.preprocess import find_index
-from staria.evaluation.classifier_metrics import classify_samples
-from staria.evaluation.notes import sectioned_notes
+from staria.evaluation.anchors import kind_unigram_loss
+from staria.evaluation.copy_fidelity import chance_fidelities, return_fidelities
+from staria.evaluation.material_judge import fit_threshold, judge_form, shuffled_forms
+from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.samples import read_manifest
-from staria.evaluation.structure_metrics import section_similarities, structure_metrics
-from staria.generation.checkpoint import RUN_CONFIG, load_checkpoint, read_run_config
-from staria.generation.judge import FORM_JUDGE_MINIMUM, ClassifierJudge
+from staria.evaluation.snippet_gain import piece_region_sums, region_gains
+from staria.evaluation.structure_metrics import section_similarities
+from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
 from staria.generation.manifest import MANIFEST_FILE
+from staria.models.xtransformers import vocabulary_parameter_count
 from staria.paths import REPO_ROOT
 from staria.research.phases import (
+    PhaseInterrupted,
     last_checkpoint,
+    phase_time,
     run_generate_phase,
     run_train_phase,
-    train_config,
     val_curve,
 )
-from staria.research.wake_sleep import label_phase
+from staria.research.recipe import Recipe, RecipeError, run_recipe
+from staria.statistics import mean_interval, paired_mean_interval
 from staria.tokenizer import FORMS, MusicTokenizerWithStyle, TokenTable
-from staria.training.tasks.base import parameter_counts
+from staria.training.train import EXIT_INTERRUPTED, RunConfigChangedError
 
 log = logging.getLogger(__name__)
 
-GENERATORS = {"staria": "compare_staria", "baseline": "compare_baseline"}
-# Preset suffix per scale: tiny runs on a CPU in minutes; full is the staria_full size (GPUs).
-SCALES = {"tiny": "", "full": "_full"}
-CLASSIFIER_PRESET = "compare_classifier"
+MODELS = ("control", "baseline", "staria_scratch", "staria_staged")
+CONDITIONED = MODELS[1:]
+# tanh(1) = 0.76 of the cross-attention branch from the first step: a scratch model's gates
+# would otherwise start closed over a random decoder (docs/experiment.md).
+OPEN_GATE = 1.0
+CONDITIONS = ("own_form", "other_form")
+SAMPLE_METRICS = ("form_match", "letter_accuracy", "copy_fidelity", "similarity_gap", "eos")
 TABLE_NAME = "comparison"
+
+
+class CompareError(ValueError):
+    """Settings the comparison cannot run with; names the setting."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The presets of one scale, one per role; every one trains on the same data."""
+
+    encoder: str
+    control: str
+    baseline: str
+    staria: str
+
+
+PROTOCOLS = {
+    "cpu": Protocol("demo_encoder", "demo_unconditional", "demo_baseline", "demo"),
+    "gpu": Protocol(
+        "compare_encoder_full",
+        "compare_unconditional_full",
+        "compare_baseline_full",
+        "compare_staria_full",
+    ),
+}
 
 
 @dataclass(frozen=True)
 class CompareSettings:
-    """One comparison run: where runs and results go, sampling, and optional real MIDI."""
+    """One comparison: where runs and results go, seeds, prompts and sampling."""
 
     runs_dir: Path = REPO_ROOT / "runs" / "compare"
     results_dir: Path = REPO_ROOT / "results" / "compare"
-    num_samples: int = 24
+    scale: str = "cpu"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # Held-out (test) pieces whose snippets prompt the samples, per condition and seed.
+    num_prompts: int = 32
     temperature: float = 0.9
     top_p: float | None = 0.95
     max_length: int = 448
-    scale: str = "tiny"
+    resamples: int = 1000
     # Applied to every training phase, e.g. trainer.max_steps=50 or trainer=ddp.
     overrides: tuple[str, ...] = ()
-    real: tuple[str, ...] = ()
-    # Real pieces have no label split; their hash-drawn val/test shares.
-    real_split_fraction: float = 0.15
+
+
+@dataclass
+class Measured:
+    """A mean with its 95% interval (None: nothing to measure)."""
+
+    mean: float | None
+    interval: tuple[float, float] | None = None
 
 
 @dataclass
 class ModelRow:
-    """One line of the table: a generator trained on one dataset."""
+    """One model over all seeds."""
 
-    dataset: str
     model: str
-    params: int
+    params_vocabulary: int
+    params_trunk: int
+    flops_per_step: int
     steps: int
-    sequence_tokens_seen: int
-    input_tokens_seen: int
-    val_loss: float | None
-    form_accuracy: float | None
-    form_match: float | None
-    section_similarity_same: float | None
-    section_similarity_different: float | None
-    section_similarity_gap: float | None
-    eos_fraction: float
-    samples: int
-    val_curve: list[tuple[int, float]] = field(default_factory=list)
-
-
-@dataclass
-class ReferenceRow:
-    """The held-out pieces themselves: what the judge scores on true forms, true similarity."""
-
-    dataset: str
-    pieces: int
-    form_accuracy: float | None
-    section_similarity_same: float | None
-    section_similarity_different: float | None
-    section_similarity_gap: float | None
-
-
-def tokens_seen(preset: str, run_dir: Path, overrides: Sequence[str]) -> tuple[int, int, int]:
-    """(steps, sequence tokens with loss, input tokens) of the run's training batches.
-
-    Replays the data module's train loader epoch by epoch for `trainer.max_steps` batches, as
-    the Trainer drew them, without touching the model.
-    """
-    cfg = train_config(preset, run_dir, overrides)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    steps, loss_tokens, input_tokens, epoch = 0, 0, 0, 0
-    while steps < cfg.trainer.max_steps:
-        loader.batch_sampler.set_epoch(epoch)
-        for batch in loader:
-            loss_tokens += int(batch["loss_mask"][:, 1:].sum())
-            input_tokens += int(batch["token_mask"].sum())
-            if "snippet_mask" in batch:
-                input_tokens += int(batch["snippet_mask"].sum())
-            steps += 1
-            if steps == cfg.trainer.max_steps:
-                break
-        epoch += 1
-    return steps, loss_tokens, input_tokens
-
-
-def held_out_sequences(run_dir: Path) -> tuple[list[np.ndarray], list[str | None]]:
-    """Token ids and forms of the test split the run's data module indexed."""
-    datamodule = hydra.utils.instantiate(saved_data_settings(run_dir))
-    datamodule.prepare_data()  # reuses the run's cache; rebuilds it only if it was deleted
-    found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
-    split = CachedSplit(found.split_dirs["test"])
-    return [split.tokens(i) for i in range(len(split))], [p.form for p in split.pieces]
-
-
-def saved_data_settings(run_dir: Path) -> DictConfig:
-    """The data settings a finished run saved in its resolved `config.yaml` (targets checked)."""
-    return read_run_config(run_dir / RUN_CONFIG).data
-
-
-def _pooled_similarities(sequences: Sequence[Sequence[int]], table: TokenTable):
-    pairs = [section_similarities(sectioned_notes(ids, table)) for ids in sequences]
-    same = np.concatenate([p[0] for p in pairs])
-    different = np.concatenate([p[1] for p in pairs])
-    mean_same = float(same.mean()) if len(same) else None
-    mean_different = float(different.mean()) if len(different) else None
-    gap = None if mean_same is None or mean_different is None else mean_same - mean_different
-    return mean_same, mean_different, gap
-
-
-def reference_row(dataset: str, run_dir: Path, judge: ClassifierJudge, table: TokenTable):
-    sequences, forms = held_out_sequences(run_dir)
-    predicted = judge.predict("form", sequences)
-    known = [(p, f) for p, f in zip(predicted, forms, strict=True) if f is not None]
-    accuracy = float(np.mean([p == f for p, f in known])) if known else None
-    same, different, gap = _pooled_similarities(sequences, table)
-    return ReferenceRow(dataset, len(sequences), accuracy, same, different, gap)
-
-
-def evaluate_model(
-    dataset: str,
-    model: str,
-    preset: str,
-    run_dir: Path,
-    samples_dir: Path,
-    overrides: Sequence[str],
-    judge: ClassifierJudge,
-    table: TokenTable,
-) -> ModelRow:
-    samples = read_manifest(samples_dir / MANIFEST_FILE)
-    sequences, _ = held_out_sequences(run_dir)
-    reference = [sectioned_notes(ids, table).notes for ids in sequences]
-    structure = structure_metrics(samples, table, reference)
-    form = classify_samples(
-        partial(judge.head_logits, "form"),
-        samples,
-        "form",
-        FORMS,
-        judge.pad_id,
-        judge.hidden_ids,
-        max_len=judge.max_len,
-    )
-    steps, loss_tokens, input_tokens = tokens_seen(preset, run_dir, overrides)
-    params = parameter_counts(load_checkpoint(last_checkpoint(run_dir), "cpu").net)
-    curve = val_curve(run_dir)
-    return ModelRow(
-        dataset=dataset,
-        model=model,
-        params=params["params/all/total"],
-        steps=steps,
-        sequence_tokens_seen=loss_tokens,
-        input_tokens_seen=input_tokens,
-        val_loss=curve[-1][1] if curve else None,
-        form_accuracy=form.accuracy if form.num_scored else None,
-        form_match=structure.form_match_fraction,
-        section_similarity_same=structure.section_similarity_same,
-        section_similarity_different=structure.section_similarity_different,
-        section_similarity_gap=structure.section_similarity_gap,
-        eos_fraction=structure.eos_fraction,
-        samples=len(samples),
-        val_curve=curve,
-    )
-
-
-def _fmt(value: float | int | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits}f}"
-
-
-def markdown_table(rows: Sequence[ModelRow], references: Sequence[ReferenceRow]) -> str:
-    header = (
-        "| data | model | params | steps | sequence tokens seen | input tokens seen | val loss "
-        "| form accuracy (classifier) | form match (section tokens) | similarity same "
-        "| similarity different | similarity gap | ended with `<E>` |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-    )
-    lines = [
-        f"| {r.dataset} | {r.model} | {_fmt(r.params)} | {r.steps} | "
-        f"{_fmt(r.sequence_tokens_seen)} | {_fmt(r.input_tokens_seen)} | {_fmt(r.val_loss)} | "
-        f"{_fmt(r.form_accuracy)} | {_fmt(r.form_match)} | {_fmt(r.section_similarity_same)} | "
-        f"{_fmt(r.section_similarity_different)} | {_fmt(r.section_similarity_gap)} | "
-        f"{_fmt(r.eos_fraction)} |"
-        for r in rows
-    ]
-    lines += [
-        f"| {r.dataset} | held-out pieces ({r.pieces}) | | | | | | {_fmt(r.form_accuracy)} | "
-        f"1.000 | {_fmt(r.section_similarity_same)} | {_fmt(r.section_similarity_different)} | "
-        f"{_fmt(r.section_similarity_gap)} | |"
-        for r in references
-    ]
-    return header + "\n".join(lines) + "\n"
-
-
-def plot_val_loss(rows: Sequence[ModelRow], path: Path) -> None:
-    figure = Figure(figsize=(6, 4), dpi=100)
-    axes = figure.add_subplot()
-    for row in rows:
-        if row.val_curve:
-            steps, losses = zip(*row.val_curve, strict=True)
-            axes.plot(steps, losses, marker="o", label=f"{row.model} ({row.dataset})")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("validation loss (nats per sequence token)")
-    axes.set_title("Validation loss, equal parameters and tokens")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-
-
-def plot_metrics(rows: Sequence[ModelRow], references: Sequence[ReferenceRow], path: Path) -> None:
-    names = ("form accuracy", "form match", "similarity gap")
-    figure = Figure(figsize=(7, 4), dpi=100)
-    axes = figure.add_subplot()
-    bars = [
-        (f"{r.model} ({r.dataset})", (r.form_accuracy, r.form_match, r.section_similarity_gap))
-        for r in rows
-    ] + [
-        (f"held-out ({r.dataset})", (r.form_accuracy, 1.0, r.section_similarity_gap))
-        for r in references
-    ]
-    width = 0.8 / len(bars)
-    positions = np.arange(len(names))
-    for index, (label, values) in enumerate(bars):
-        heights = [np.nan if v is None else v for v in values]
-        axes.bar(positions + index * width, heights, width, label=label)
-    axes.set_xticks(positions + width * (len(bars) - 1) / 2, names)
-    axes.set_ylim(min(0.0, *(v for _, vs in bars for v in vs if v is not None)), 1.05)
-    axes.axhline(0, color="black", linewidth=0.5)
-    axes.set_title("Generated samples against their requested form")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
+    train_wall_s: float | None
+    train_cpu_s: float | None
+    val_loss: Measured
+    gain: dict[str, Measured]
+    samples: dict[str, dict[str, Measured]]
+    val_curves: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
 def git_commit() -> str:
@@ -298,122 +159,450 @@ def git_commit() -> str:
     return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def generator_presets(scale: str) -> dict[str, str]:
-    """The experiment preset of each generator at `scale` (tiny or full)."""
-    if scale not in SCALES:
-        raise ValueError(f"scale {scale!r} is not one of {tuple(SCALES)}")
-    return {model: preset + SCALES[scale] for model, preset in GENERATORS.items()}
+# --- training ---------------------------------------------------------------------------------
 
 
-def run_comparison(settings: CompareSettings) -> Path:
-    """Every phase in order (finished ones skipped); writes the table, JSON and plots."""
-    commit = git_commit()  # the code the run starts with, not what HEAD is when it ends
-    tokenizer = MusicTokenizerWithStyle()
-    table = TokenTable.from_tokenizer(tokenizer)
-    root, overrides = Path(settings.runs_dir), list(settings.overrides)
-    classifier = run_train_phase(
-        "classifier", CLASSIFIER_PRESET, root / "classifier", overrides
-    ).folder
-    judge = ClassifierJudge(last_checkpoint(classifier), tokenizer=tokenizer)
-    datasets = {"synthetic": []}
-    if settings.real:
-        wake_dir = label_phase(
-            "label", last_checkpoint(classifier), settings.real, root / "wake_labels"
-        ).folder
-        share = settings.real_split_fraction
-        datasets["real"] = [
-            "data.mode=real",
-            f"data.folders=[{wake_dir}]",
-            "data.name=compare_wake",
-            f"data.val_fraction={share}",
-            f"data.test_fraction={share}",
-        ]
-    sampling = [
-        f"num_samples={settings.num_samples}",
+def train_seed(protocol: Protocol, seed_dir: Path, seed: int, overrides: Sequence[str]):
+    """Every model's runs for one seed under `seed_dir`: {model: [run folders it took]}, the
+    last folder holding its final checkpoint (the staged model lists each phase)."""
+    common = [f"seed={seed}", *overrides]
+    recipe = Recipe(protocol.encoder, protocol.control, protocol.staria)
+    phases = run_recipe(recipe, seed_dir, common)
+    run_train_phase(f"seed {seed} baseline", protocol.baseline, seed_dir / "baseline", common)
+    scratch = ["stage=none", f"model.net.decoder.gate_init={OPEN_GATE}", *common]
+    run_train_phase(
+        f"seed {seed} staria_scratch", protocol.staria, seed_dir / "staria_scratch", scratch
+    )
+    return {
+        "control": [phases["decoder"].folder],
+        "baseline": [seed_dir / "baseline"],
+        "staria_scratch": [seed_dir / "staria_scratch"],
+        "staria_staged": [phases[name].folder for name in ("encoder", "decoder", "A", "B", "C")],
+    }
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def data_splits(loaded: LoadedCheckpoint) -> dict[str, CachedSplit]:
+    """The train, val and test splits of a run's own data (indexed again if deleted)."""
+    datamodule = hydra.utils.instantiate(loaded.data_settings)
+    datamodule.prepare_data()
+    found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
+    return {name: CachedSplit(found.split_dirs[name]) for name in ("train", "val", "test")}
+
+
+def pieces_of(split: CachedSplit, table: TokenTable) -> list[SectionedNotes]:
+    return [sectioned_notes(split.tokens(i), table) for i in range(len(split))]
+
+
+def other_forms(forms: Sequence[str], seed: int = 0) -> list[str]:
+    """For each form, a seeded random other one of `FORMS`: what the other-form samples ask."""
+    rng = np.random.default_rng(seed)
+    return [str(rng.choice([f for f in FORMS if f != form])) for form in forms]
+
+
+# --- per-sample scores ------------------------------------------------------------------------
+
+
+def piece_scores(piece: SectionedNotes, asked: str, threshold: float, letters=None) -> dict:
+    """One piece's (or sample's) scores: the material judge's form against `asked` and letters
+    against `letters` (default: its own section tokens; position by position, missing ones
+    wrong), the mean copy fidelity of its returns and its similarity gap (NaN: none)."""
+    judged = judge_form(piece, threshold)
+    letters = piece.letters if letters is None else letters
+    scored = [
+        judged.letters[i] == (letters[i] if i < len(letters) else None)
+        for i in range(len(judged.letters))
+    ]
+    fidelities = return_fidelities(piece)
+    same, different = section_similarities(piece)
+    gap = same.mean() - different.mean() if len(same) and len(different) else math.nan
+    return {
+        "form_match": float(judged.form == asked),
+        "letter_accuracy": float(np.mean(scored)) if scored else math.nan,
+        "copy_fidelity": float(np.mean(fidelities)) if fidelities else math.nan,
+        "similarity_gap": float(gap),
+    }
+
+
+def reference_levels(
+    held_out: Sequence[SectionedNotes],
+    threshold: float,
+    eos: tuple[float, float],
+    resamples: int,
+) -> dict[str, dict[str, Measured]]:
+    """Ceiling (the held-out pieces themselves) and chance of every sample metric, measured on
+    the held-out pieces as samples are: form and letters against another piece's (forms
+    shuffled among the pieces), returns against another piece's first occurrence, the
+    similarity gap with each piece's letters shuffled; `eos` is (the held-out pieces'
+    fraction ending with `<E>`, that of a uniform guess over the data's ids)."""
+    forms = [piece.form for piece in held_out]
+    ceiling = [piece_scores(piece, piece.form, threshold) for piece in held_out]
+    shuffled = shuffled_forms(forms)
+    chance = [
+        piece_scores(piece, form, threshold, letters=tuple(form))
+        for piece, form in zip(held_out, shuffled, strict=True)
+    ]
+    rng = np.random.default_rng(0)
+    gaps = [
+        piece_scores(replace(p, letters=tuple(rng.permutation(p.letters))), p.form, threshold)
+        for p in held_out
+    ]
+
+    def measured(rows: list[dict], key: str) -> Measured:
+        return Measured(*paired_mean_interval(np.array([r[key] for r in rows]), resamples))
+
+    levels = {"ceiling": {}, "chance": {}}
+    for key in ("form_match", "letter_accuracy", "copy_fidelity", "similarity_gap"):
+        levels["ceiling"][key] = measured(ceiling, key)
+        levels["chance"][key] = measured(gaps if key == "similarity_gap" else chance, key)
+    levels["chance"]["copy_fidelity"] = Measured(*mean_interval(chance_fidelities(held_out)))
+    levels["ceiling"]["eos"], levels["chance"]["eos"] = Measured(eos[0]), Measured(eos[1])
+    return levels
+
+
+def sample_scores(samples_dir: Path, table: TokenTable, threshold: float) -> list[dict]:
+    """Per sample (manifest order), `piece_scores` against the form it was asked for, and
+    whether it ended with `<E>`."""
+    rows = []
+    for sample in read_manifest(samples_dir / MANIFEST_FILE):
+        scores = piece_scores(sectioned_notes(sample.token_ids, table), sample.form, threshold)
+        rows.append({**scores, "eos": float(sample.ended_with_eos)})
+    return rows
+
+
+# --- per-model measurements -------------------------------------------------------------------
+
+
+def step_flops(loaded: LoadedCheckpoint) -> int:
+    """FLOPs of one training step's forward and backward (every parameter trainable), on the
+    first batch of the run's own train loader (torch's FlopCounterMode: matmuls and
+    attention)."""
+    datamodule = hydra.utils.instantiate(loaded.data_settings)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    task = loaded.task.train()
+    task.requires_grad_(True)
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        task.step_loss(batch).loss.backward()
+    task.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def sampling_overrides(settings: CompareSettings, forms: Sequence[str] | None) -> list[str]:
+    prompts = settings.num_prompts
+    overrides = [
+        f"num_samples={prompts}",
         "batch_size=8",
         "prompt.split=test",
+        f"prompt.pieces=[{','.join(str(i) for i in range(prompts))}]",
         f"sampling.temperature={settings.temperature}",
         f"sampling.top_p={'null' if settings.top_p is None else settings.top_p}",
         f"sampling.max_length={settings.max_length}",
     ]
-    rows, references = [], []
-    for dataset, data_overrides in datasets.items():
-        phase_overrides = [*data_overrides, *overrides]
-        for model, preset in generator_presets(settings.scale).items():
-            run_dir = root / dataset / model
-            run_train_phase(f"{dataset}/{model}", preset, run_dir, phase_overrides)
-            samples_dir = run_dir / "samples"
+    return overrides + ([f"prompt.forms=[{','.join(forms)}]"] if forms else [])
+
+
+def measure_model(
+    model: str,
+    runs: list[list[Path]],
+    settings: CompareSettings,
+    asked_other: Sequence[str],
+    table: TokenTable,
+    threshold: float,
+) -> ModelRow:
+    """Train-side figures, val loss and gain pooled over seeds, samples generated and scored."""
+    resamples = settings.resamples
+    region_sums, scores = [], {condition: [] for condition in CONDITIONS}
+    for seed_runs in runs:
+        run_dir = seed_runs[-1]
+        checkpoint = last_checkpoint(run_dir)
+        loaded = load_checkpoint(checkpoint)
+        datamodule = hydra.utils.instantiate(loaded.data_settings)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        region_sums.append(piece_region_sums(loaded.net, datamodule.datasets["val"])[1])
+        for condition, forms in (("own_form", None), ("other_form", asked_other)):
+            samples_dir = run_dir / "samples" / condition
             run_generate_phase(
-                f"{dataset}/{model}/samples", last_checkpoint(run_dir), samples_dir, sampling
+                f"{model} {condition}", checkpoint, samples_dir, sampling_overrides(settings, forms)
             )
-            rows.append(
-                evaluate_model(
-                    dataset, model, preset, run_dir, samples_dir, phase_overrides, judge, table
+            scores[condition].append(sample_scores(samples_dir, table, threshold))
+    pooled = np.sum(region_sums, axis=0)  # [pieces, regions, 3]
+    gains = region_gains(pooled, resamples)
+    per_piece_loss = np.stack([s[:, -1, 1] / s[:, -1, 0] for s in region_sums], axis=1)
+    samples = {
+        condition: {
+            metric: Measured(
+                *paired_mean_interval(
+                    np.array([[row[metric] for row in seed] for seed in per_seed]).T, resamples
                 )
             )
-        references.append(reference_row(dataset, root / dataset / "staria", judge, table))
-    for reference in references:  # a judge that fails the held-out pieces judges nothing
-        if reference.form_accuracy is None or reference.form_accuracy < FORM_JUDGE_MINIMUM:
-            for row in rows:
-                if row.dataset == reference.dataset:
-                    row.form_accuracy = None
-    return write_results(settings, rows, references, commit)
+            for metric in SAMPLE_METRICS
+        }
+        for condition, per_seed in scores.items()
+    }
+    last = load_checkpoint(last_checkpoint(runs[0][-1]))
+    vocabulary = vocabulary_parameter_count(last.net)
+    total = sum(p.numel() for p in last.net.parameters())
+    times = [phase_time(folder) for seed_runs in runs for folder in seed_runs]
+    known = all(t is not None for t in times)
+    curves = [val_curve(seed_runs[-1]) for seed_runs in runs]
+    return ModelRow(
+        model=model,
+        params_vocabulary=vocabulary,
+        params_trunk=total - vocabulary,
+        flops_per_step=step_flops(last),
+        steps=sum(run_steps(folder) for folder in runs[0]),
+        train_wall_s=sum(t["wall_s"] for t in times) / len(runs) if known else None,
+        train_cpu_s=sum(t["cpu_s"] for t in times) / len(runs) if known else None,
+        val_loss=Measured(*paired_mean_interval(per_piece_loss, resamples)),
+        gain={
+            region: Measured(gains[region].gain, gains[region].interval)
+            if gains[region]
+            else Measured(None)
+            for region in ("all", "returning")
+        },
+        samples=samples,
+        val_curves=curves,
+    )
+
+
+def run_steps(run_dir: Path) -> int:
+    """The optimizer steps a finished run took (its `finished.json`)."""
+    return int(json.loads((Path(run_dir) / "finished.json").read_text())["global_step"])
+
+
+# --- the whole comparison ---------------------------------------------------------------------
+
+
+def run_comparison(settings: CompareSettings) -> Path:
+    """Every phase in order (finished ones skipped); writes the tables, JSON and plots."""
+    if settings.scale not in PROTOCOLS:
+        raise CompareError(f"scale {settings.scale!r} is not one of {tuple(PROTOCOLS)}")
+    commit = git_commit()  # the code the run starts with
+    protocol, root = PROTOCOLS[settings.scale], Path(settings.runs_dir)
+    per_seed = [
+        train_seed(protocol, root / f"seed-{seed}", seed, settings.overrides)
+        for seed in settings.seeds
+    ]
+    tokenizer = MusicTokenizerWithStyle()
+    table = TokenTable.from_tokenizer(tokenizer)
+    splits = data_splits(load_checkpoint(last_checkpoint(per_seed[0]["control"][-1])))
+    if len(splits["test"]) < settings.num_prompts:
+        raise CompareError(
+            f"--num-prompts {settings.num_prompts}: the test split holds {len(splits['test'])}"
+        )
+
+    def bodies(name: str):
+        return (splits[name].tokens(i) for i in range(len(splits[name])))
+
+    anchor = kind_unigram_loss(bodies("train"), bodies("val"), table, tokenizer.bos_id)
+    used_ids = len(np.unique(np.concatenate(list(bodies("train")))))
+    threshold = fit_threshold(pieces_of(splits["val"], table))
+    held_out = pieces_of(splits["test"], table)[: settings.num_prompts]
+    prompt_ids = [splits["test"].tokens(i) for i in range(settings.num_prompts)]
+    eos = (
+        float(np.mean([tokenizer.eos_id in ids for ids in prompt_ids])),
+        1 - (1 - 1 / used_ids) ** settings.max_length,
+    )
+    levels = reference_levels(held_out, threshold, eos, settings.resamples)
+    asked_other = other_forms([piece.form for piece in held_out])
+    rows = [
+        measure_model(
+            model,
+            [seed[model] for seed in per_seed],
+            settings,
+            asked_other,
+            table,
+            threshold,
+        )
+        for model in MODELS
+    ]
+    reference = {
+        "kind_unigram_anchor": anchor,
+        "uniform_loss": math.log(used_ids),
+        "ids_in_train": used_ids,
+        "judge_threshold": threshold,
+        **levels,
+    }
+    return write_results(settings, rows, reference, commit)
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _num(value: float | int | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def _cell(measured: Measured, digits: int = 3) -> str:
+    if measured.mean is None:
+        return "–"
+    if measured.interval is None:
+        return _num(measured.mean, digits)
+    low, high = measured.interval
+    return f"{_num(measured.mean, digits)} [{_num(low, digits)}, {_num(high, digits)}]"
+
+
+def markdown_tables(rows: Sequence[ModelRow], reference: dict, settings: CompareSettings) -> str:
+    seeds = len(settings.seeds)
+    cost = [
+        "| model | params: embeddings + head | params: trunk | FLOPs / step | steps "
+        "| train wall s (mean of seeds) | train CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    cost += [
+        f"| {r.model} | {_num(r.params_vocabulary)} | {_num(r.params_trunk)} | "
+        f"{r.flops_per_step / 1e9:.2f} G | {r.steps} | {_num(r.train_wall_s, 0)} | "
+        f"{_num(r.train_cpu_s, 0)} |"
+        for r in rows
+    ]
+    loss = [
+        "| model | val loss (nats / token) | snippet gain: all tokens | snippet gain: returning |",
+        "|---|---:|---:|---:|",
+    ]
+    loss += [
+        f"| {r.model} | {_cell(r.val_loss)} | {_cell(r.gain['all'], 4)} | "
+        f"{_cell(r.gain['returning'], 4)} |"
+        for r in rows
+    ]
+    loss += [
+        f"| chance: kind-unigram anchor | {_num(reference['kind_unigram_anchor'])} | 0 | 0 |",
+        f"| chance: uniform over the {reference['ids_in_train']} ids of the data | "
+        f"{_num(reference['uniform_loss'])} | | |",
+    ]
+    header = "| model | prompt | " + " | ".join(SAMPLE_METRICS) + " |"
+    samples = [header, "|---|---|" + "---:|" * len(SAMPLE_METRICS)]
+    for r in rows:
+        for condition in CONDITIONS:
+            cells = " | ".join(_cell(r.samples[condition][m]) for m in SAMPLE_METRICS)
+            samples.append(f"| {r.model} | {condition.replace('_', ' ')} | {cells} |")
+    for level in ("ceiling", "chance"):
+        cells = " | ".join(_cell(reference[level][m]) for m in SAMPLE_METRICS)
+        samples.append(f"| {level}: held-out pieces | | {cells} |")
+    return (
+        f"## Cost ({seeds} seeds)\n\n" + "\n".join(cost) + "\n\n"
+        f"## Loss and snippet information gain (val pieces, {seeds} seeds pooled, 95% paired "
+        "bootstrap intervals)\n\n" + "\n".join(loss) + "\n\n"
+        f"## Samples ({settings.num_prompts} held-out prompts x {seeds} seeds per row, "
+        f"material judge threshold {reference['judge_threshold']:.2f})\n\n"
+        + "\n".join(samples)
+        + "\n"
+    )
+
+
+def plot_val_loss(rows: Sequence[ModelRow], anchor: float, path: Path) -> None:
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.add_subplot()
+    for index, row in enumerate(rows):
+        for number, curve in enumerate(row.val_curves):
+            if curve:
+                steps, losses = zip(*curve, strict=True)
+                label = row.model if number == 0 else None
+                axes.plot(steps, losses, color=f"C{index}", marker="o", label=label, alpha=0.7)
+    axes.axhline(anchor, color="black", linestyle="--", label="kind-unigram anchor")
+    axes.set_xlabel("optimizer step (of the model's last phase)")
+    axes.set_ylabel("validation loss (nats per token)")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_samples(rows: Sequence[ModelRow], reference: dict, path: Path) -> None:
+    figure = Figure(figsize=(9, 4), dpi=100)
+    axes = figure.add_subplot()
+    bars = [(f"{r.model} (own form)", r.samples["own_form"]) for r in rows]
+    bars += [(level, reference[level]) for level in ("ceiling", "chance")]
+    width = 0.8 / len(bars)
+    positions = np.arange(len(SAMPLE_METRICS))
+    for index, (label, metrics) in enumerate(bars):
+        means = [metrics[m].mean if metrics[m].mean is not None else np.nan for m in SAMPLE_METRICS]
+        errors = np.array(
+            [
+                (mean - metrics[m].interval[0], metrics[m].interval[1] - mean)
+                if metrics[m].interval and not np.isnan(mean)
+                else (0.0, 0.0)
+                for m, mean in zip(SAMPLE_METRICS, means, strict=True)
+            ]
+        ).T
+        axes.bar(positions + index * width, means, width, yerr=errors, label=label, capsize=2)
+    axes.set_xticks(positions + width * (len(bars) - 1) / 2, SAMPLE_METRICS)
+    axes.axhline(0, color="black", linewidth=0.5)
+    axes.set_title("Samples prompted with held-out pieces (95% intervals)")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 def write_results(
-    settings: CompareSettings,
-    rows: Sequence[ModelRow],
-    references: Sequence[ReferenceRow],
-    commit: str,
+    settings: CompareSettings, rows: Sequence[ModelRow], reference: dict, commit: str
 ) -> Path:
     out = Path(settings.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown = out / f"{TABLE_NAME}.md"
-    markdown.write_text(markdown_table(rows, references))
+    markdown.write_text(markdown_tables(rows, reference, settings))
     record = {
         "commit": commit,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         "models": [asdict(row) for row in rows],
-        "references": [asdict(row) for row in references],
+        "reference": {k: asdict(v) if isinstance(v, Measured) else v for k, v in reference.items()},
     }
-    (out / f"{TABLE_NAME}.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot_val_loss(rows, out / "val_loss.png")
-    plot_metrics(rows, references, out / "metrics.png")
+    (out / f"{TABLE_NAME}.json").write_text(json.dumps(record, indent=1, default=asdict) + "\n")
+    plot_val_loss(rows, reference["kind_unigram_anchor"], out / "val_loss.png")
+    plot_samples(rows, reference, out / "samples.png")
     print(markdown.read_text())
     return markdown
 
 
 def parse_args(argv: Sequence[str] | None = None) -> CompareSettings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-dir", type=Path, default=CompareSettings.runs_dir)
-    parser.add_argument("--results-dir", type=Path, default=CompareSettings.results_dir)
-    parser.add_argument("--scale", choices=tuple(SCALES), default=CompareSettings.scale)
-    parser.add_argument("--num-samples", type=int, default=CompareSettings.num_samples)
-    parser.add_argument("--temperature", type=float, default=CompareSettings.temperature)
-    parser.add_argument("--max-length", type=int, default=CompareSettings.max_length)
-    parser.add_argument(
-        "--real", nargs="*", default=(), help="folders of real MIDI: add a wake-labelled dataset"
-    )
+    defaults = CompareSettings()
+    parser.add_argument("--runs-dir", type=Path, default=defaults.runs_dir)
+    parser.add_argument("--results-dir", type=Path, default=defaults.results_dir)
+    parser.add_argument("--scale", choices=tuple(PROTOCOLS), default=defaults.scale)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length)
+    parser.add_argument("--resamples", type=int, default=defaults.resamples)
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for every training phase (key=value)"
     )
     args = parser.parse_args(argv)
+    if args.num_prompts < 2 or args.resamples < 100:
+        parser.error("--num-prompts must be at least 2 and --resamples at least 100")
     return CompareSettings(
         runs_dir=args.runs_dir,
         results_dir=args.results_dir,
         scale=args.scale,
-        num_samples=args.num_samples,
+        seeds=tuple(args.seeds),
+        num_prompts=args.num_prompts,
         temperature=args.temperature,
         max_length=args.max_length,
+        resamples=args.resamples,
         overrides=tuple(args.overrides),
-        real=tuple(args.real),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(int(os.environ.get("STARIA_TORCH_THREADS", "1")))
-    run_comparison(parse_args(argv))
+    try:
+        run_comparison(parse_args(argv))
+    except PhaseInterrupted as stopped:
+        print(f"staria compare: {stopped}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except (CompareError, RecipeError, RunConfigChangedError) as error:
+        print(f"staria compare: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ is skipped, so rerunning an interrupted experiment continues where it stopped.
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from staria.training.train import changed_settings, train
 
 log = logging.getLogger(__name__)
 CONF_DIR = REPO_ROOT / "conf"
+# What the call that finished a training phase took: {"wall_s": ..., "cpu_s": ...}.
+PHASE_TIME_FILE = "phase_time.json"
 
 
 class PhaseError(RuntimeError):
@@ -86,7 +90,9 @@ def run_train_phase(
         log.info("phase %s: finished in %s, skipped", name, run_dir)
         return PhaseResult(name, run_dir, skipped=True)
     log.info("phase %s: training experiment=%s in %s", name, preset, run_dir)
+    wall, cpu = time.perf_counter(), time.process_time()
     trainer = train(cfg)
+    spent = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     if not is_finished(run_dir):
         if trainer is not None and trainer.state.status == TrainerStatus.INTERRUPTED:
             raise PhaseInterrupted(
@@ -94,7 +100,15 @@ def run_train_phase(
                 "command again to continue"
             )
         raise PhaseError(f"phase {name}: {run_dir} has no finished marker after training")
+    (run_dir / PHASE_TIME_FILE).write_text(json.dumps(spent) + "\n")
     return PhaseResult(name, run_dir, skipped=False)
+
+
+def phase_time(run_dir: Path) -> dict[str, float] | None:
+    """Wall and CPU seconds (this process, all threads) of the call that finished the training
+    phase in `run_dir`; None for a run trained outside `run_train_phase`."""
+    path = Path(run_dir) / PHASE_TIME_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def metrics_csv(run_dir: Path) -> list[dict[str, str]]:
