@@ -45,7 +45,12 @@ from staria.data.cache import CachedSplit
 from staria.data.preprocess import find_index
 from staria.evaluation.anchors import kind_unigram_loss
 from staria.evaluation.copy_fidelity import chance_fidelities, return_fidelities
-from staria.evaluation.material_judge import fit_threshold, judge_form, shuffled_forms
+from staria.evaluation.material_judge import (
+    fit_threshold,
+    judge_form,
+    letter_accuracy,
+    shuffled_forms,
+)
 from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.samples import read_manifest
 from staria.evaluation.snippet_gain import piece_region_sums, region_gains
@@ -116,7 +121,9 @@ class CompareSettings:
     num_prompts: int = 32
     temperature: float = 0.9
     top_p: float | None = 0.95
-    max_length: int = 448
+    # Longer than every piece of the data (demo_common: at most 384 tokens), so a sample can
+    # be whole.
+    max_length: int = 400
     resamples: int = 1000
     # Applied to every training phase, e.g. trainer.max_steps=50 or trainer=ddp.
     overrides: tuple[str, ...] = ()
@@ -193,6 +200,7 @@ def data_splits(loaded: LoadedCheckpoint) -> dict[str, CachedSplit]:
 
 
 def pieces_of(split: CachedSplit, table: TokenTable) -> list[SectionedNotes]:
+    """Every piece of `split` as notes in sections."""
     return [sectioned_notes(split.tokens(i), table) for i in range(len(split))]
 
 
@@ -205,22 +213,16 @@ def other_forms(forms: Sequence[str], seed: int = 0) -> list[str]:
 # --- per-sample scores ------------------------------------------------------------------------
 
 
-def piece_scores(piece: SectionedNotes, asked: str, threshold: float, letters=None) -> dict:
-    """One piece's (or sample's) scores: the material judge's form against `asked` and letters
-    against `letters` (default: its own section tokens; position by position, missing ones
-    wrong), the mean copy fidelity of its returns and its similarity gap (NaN: none)."""
-    judged = judge_form(piece, threshold)
-    letters = piece.letters if letters is None else letters
-    scored = [
-        judged.letters[i] == (letters[i] if i < len(letters) else None)
-        for i in range(len(judged.letters))
-    ]
+def piece_scores(piece: SectionedNotes, asked: str, threshold: float) -> dict:
+    """One piece's (or sample's) scores: the material judge's form against `asked` and its
+    letters against the piece's own section tokens, the mean copy fidelity of its returns and
+    its similarity gap (NaN: none)."""
     fidelities = return_fidelities(piece)
     same, different = section_similarities(piece)
     gap = same.mean() - different.mean() if len(same) and len(different) else math.nan
     return {
-        "form_match": float(judged.form == asked),
-        "letter_accuracy": float(np.mean(scored)) if scored else math.nan,
+        "form_match": float(judge_form(piece, threshold).form == asked),
+        "letter_accuracy": letter_accuracy(piece, threshold),
         "copy_fidelity": float(np.mean(fidelities)) if fidelities else math.nan,
         "similarity_gap": float(gap),
     }
@@ -233,19 +235,19 @@ def reference_levels(
     resamples: int,
 ) -> dict[str, dict[str, Measured]]:
     """Ceiling (the held-out pieces themselves) and chance of every sample metric, measured on
-    the held-out pieces as samples are: form and letters against another piece's (forms
-    shuffled among the pieces), returns against another piece's first occurrence, the
-    similarity gap with each piece's letters shuffled; `eos` is (the held-out pieces'
-    fraction ending with `<E>`, that of a uniform guess over the data's ids)."""
+    the held-out pieces as samples are: the form against another piece's (forms shuffled
+    among the pieces), letters and the similarity gap with each piece's letters shuffled
+    among its sections, returns against another piece's first occurrence; `eos` is (the
+    held-out pieces' fraction ending with `<E>`, that of a uniform guess over the data's ids
+    for `max_length` tokens)."""
     forms = [piece.form for piece in held_out]
     ceiling = [piece_scores(piece, piece.form, threshold) for piece in held_out]
     shuffled = shuffled_forms(forms)
     chance = [
-        piece_scores(piece, form, threshold, letters=tuple(form))
-        for piece, form in zip(held_out, shuffled, strict=True)
+        piece_scores(piece, form, threshold) for piece, form in zip(held_out, shuffled, strict=True)
     ]
     rng = np.random.default_rng(0)
-    gaps = [
+    permuted = [
         piece_scores(replace(p, letters=tuple(rng.permutation(p.letters))), p.form, threshold)
         for p in held_out
     ]
@@ -256,7 +258,7 @@ def reference_levels(
     levels = {"ceiling": {}, "chance": {}}
     for key in ("form_match", "letter_accuracy", "copy_fidelity", "similarity_gap"):
         levels["ceiling"][key] = measured(ceiling, key)
-        levels["chance"][key] = measured(gaps if key == "similarity_gap" else chance, key)
+        levels["chance"][key] = measured(chance if key == "form_match" else permuted, key)
     levels["chance"]["copy_fidelity"] = Measured(*mean_interval(chance_fidelities(held_out)))
     levels["ceiling"]["eos"], levels["chance"]["eos"] = Measured(eos[0]), Measured(eos[1])
     return levels
@@ -295,7 +297,7 @@ def sampling_overrides(settings: CompareSettings, forms: Sequence[str] | None) -
     prompts = settings.num_prompts
     overrides = [
         f"num_samples={prompts}",
-        "batch_size=8",
+        "batch_size=16",
         "prompt.split=test",
         f"prompt.pieces=[{','.join(str(i) for i in range(prompts))}]",
         f"sampling.temperature={settings.temperature}",
@@ -402,8 +404,11 @@ def run_comparison(settings: CompareSettings) -> Path:
     anchor = kind_unigram_loss(bodies("train"), bodies("val"), table, tokenizer.bos_id)
     used_ids = len(np.unique(np.concatenate(list(bodies("train")))))
     threshold = fit_threshold(pieces_of(splits["val"], table))
-    held_out = pieces_of(splits["test"], table)[: settings.num_prompts]
-    prompt_ids = [splits["test"].tokens(i) for i in range(settings.num_prompts)]
+    # the prompts' own pieces, cut where a sample is cut: what a perfect model's samples are
+    prompt_ids = [
+        splits["test"].tokens(i)[: settings.max_length] for i in range(settings.num_prompts)
+    ]
+    held_out = [sectioned_notes(ids, table) for ids in prompt_ids]
     eos = (
         float(np.mean([tokenizer.eos_id in ids for ids in prompt_ids])),
         1 - (1 - 1 / used_ids) ** settings.max_length,
