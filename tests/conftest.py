@@ -6,6 +6,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import pytest
+import symusic  # noqa: F401  (its import sets SYMUSIC_* once: before any test, not inside one)
 import torch
 
 from staria.paths import midi_dir

@@ -122,3 +122,15 @@ def test_settings_it_cannot_run_are_refused_by_name(tmp_path, capsys):
         compare.main(["--num-prompts", "1", "--runs-dir", str(tmp_path)])
     assert stopped.value.code == 2
     assert "--num-prompts" in capsys.readouterr().err
+
+
+def test_more_prompts_than_test_pieces_are_refused_before_anything_trains(
+    research_cache, tmp_path, capsys
+):
+    runs = tmp_path / "runs"
+    overrides = [*TINY_TRAINING, "data.synthesis.pieces_per_form=16"]
+    with pytest.raises(SystemExit) as stopped:
+        compare.main(["--num-prompts", "500", "--runs-dir", str(runs), *overrides])
+    assert stopped.value.code == 2
+    assert "--num-prompts 500: the test split holds 16 pieces" in capsys.readouterr().err
+    assert not runs.exists()

@@ -65,6 +65,7 @@ from staria.research.phases import (
     phase_time,
     run_generate_phase,
     run_train_phase,
+    train_config,
     val_curve,
 )
 from staria.research.recipe import Recipe, RecipeError, run_recipe
@@ -191,9 +192,11 @@ def train_seed(protocol: Protocol, seed_dir: Path, seed: int, overrides: Sequenc
 # --- data -------------------------------------------------------------------------------------
 
 
-def data_splits(loaded: LoadedCheckpoint) -> dict[str, CachedSplit]:
-    """The train, val and test splits of a run's own data (indexed again if deleted)."""
-    datamodule = hydra.utils.instantiate(loaded.data_settings)
+def data_splits(protocol: Protocol, overrides: Sequence[str]) -> dict[str, CachedSplit]:
+    """The train, val and test splits every model of `protocol` trains on (the control's
+    data settings; made and indexed first if missing)."""
+    cfg = train_config(protocol.control, Path("unused"), overrides)
+    datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
     return {name: CachedSplit(found.split_dirs[name]) for name in ("train", "val", "test")}
@@ -386,17 +389,18 @@ def run_comparison(settings: CompareSettings) -> Path:
         raise CompareError(f"scale {settings.scale!r} is not one of {tuple(PROTOCOLS)}")
     commit = git_commit()  # the code the run starts with
     protocol, root = PROTOCOLS[settings.scale], Path(settings.runs_dir)
+    splits = data_splits(protocol, settings.overrides)
+    if len(splits["test"]) < settings.num_prompts:  # refused before anything trains
+        raise CompareError(
+            f"--num-prompts {settings.num_prompts}: the test split holds {len(splits['test'])} "
+            "pieces"
+        )
     per_seed = [
         train_seed(protocol, root / f"seed-{seed}", seed, settings.overrides)
         for seed in settings.seeds
     ]
     tokenizer = MusicTokenizerWithStyle()
     table = TokenTable.from_tokenizer(tokenizer)
-    splits = data_splits(load_checkpoint(last_checkpoint(per_seed[0]["control"][-1])))
-    if len(splits["test"]) < settings.num_prompts:
-        raise CompareError(
-            f"--num-prompts {settings.num_prompts}: the test split holds {len(splits['test'])}"
-        )
 
     def bodies(name: str):
         return (splits[name].tokens(i) for i in range(len(splits[name])))
