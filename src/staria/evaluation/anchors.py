@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from staria.tokenizer import TokenTable
+from staria.data.cache import CachedSplit
+from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
 
 
 def _bodies(pieces: Iterable[np.ndarray], start_id: int) -> Iterable[np.ndarray]:
@@ -48,3 +49,14 @@ def kind_unigram_loss(
         )
         count += len(targets)
     return total / count if count else math.nan
+
+
+def split_anchor_loss(train: CachedSplit, held_out: CachedSplit) -> float:
+    """`kind_unigram_loss` fitted on the `train` split's pieces, scored on `held_out`'s."""
+    tokenizer = MusicTokenizerWithStyle()
+
+    def pieces(split: CachedSplit) -> Iterable[np.ndarray]:
+        return (split.tokens(i) for i in range(len(split)))
+
+    table = TokenTable.from_tokenizer(tokenizer)
+    return kind_unigram_loss(pieces(train), pieces(held_out), table, tokenizer.bos_id)

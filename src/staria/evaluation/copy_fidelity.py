@@ -62,21 +62,27 @@ def return_fidelities(piece: SectionedNotes) -> list[float]:
     return scores
 
 
-def chance_fidelities(pieces: Sequence[SectionedNotes]) -> list[float]:
+def chance_fidelities_per_piece(pieces: Sequence[SectionedNotes]) -> list[list[float]]:
     """Each piece's returns scored against the same letter's first occurrence in the next piece
-    (cyclically): material that merely shares the style."""
+    (cyclically): material that merely shares the style; one list per piece."""
     scores = []
     for position, piece in enumerate(pieces):
         other = pieces[(position + 1) % len(pieces)]
         others = {letter: i for i, letter in reversed(list(enumerate(other.letters)))}
-        seen = set()
+        seen, own = set(), []
         for index, letter in enumerate(piece.letters):
             if letter in seen and letter in others and other is not piece:
                 score = _f1(_section_notes(other, others[letter]), _section_notes(piece, index))
                 if score is not None:
-                    scores.append(score)
+                    own.append(score)
             seen.add(letter)
+        scores.append(own)
     return scores
+
+
+def chance_fidelities(pieces: Sequence[SectionedNotes]) -> list[float]:
+    """`chance_fidelities_per_piece`, every piece's scores in one list."""
+    return [score for own in chance_fidelities_per_piece(pieces) for score in own]
 
 
 def copy_fidelity_metrics(

@@ -4,7 +4,8 @@ Each section is summarised by its material profile (`structure_metrics.section_p
 pitch-class, interval, inter-onset and duration histograms). Going through the sections in
 order, a section takes the letter of the most similar earlier letter's first occurrence when
 their cosine similarity reaches `threshold`, else the next new letter; the letters spell the
-judged form (A, AB, ABA, ...). `fit_threshold` chooses the threshold on training pieces; the
+judged form (A, AB, ABA, ...). `fit_threshold` chooses the threshold on labelled pieces other
+than those judged (training pieces; the comparison uses val pieces); the
 judge's accuracy on held-out pieces is its ceiling, the same judge against forms shuffled among
 those pieces its chance.
 """

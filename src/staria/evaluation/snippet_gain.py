@@ -109,7 +109,9 @@ def sequence_losses(net, batch: dict[str, torch.Tensor], model_kind: str) -> tor
 def _piece_losses(net, dataset, collate, index, donor) -> tuple[np.ndarray, np.ndarray]:
     """Piece `index`'s per-token losses of its sequence with its own and `donor`'s snippets."""
     items = [dataset.item(index), dataset.item(index, snippets_from=donor)]
-    losses = sequence_losses(net, collate(items), dataset.model_kind).numpy()
+    device = next(net.parameters()).device
+    batch = {key: value.to(device) for key, value in collate(items).items()}
+    losses = sequence_losses(net, batch, dataset.model_kind).cpu().numpy()
     length = len(dataset.positions(index))
     # each row's sequence ends its stream (after a baseline's prompt), before its padding
     ends = [len(item["tokens"]) for item in items]
@@ -136,27 +138,56 @@ def piece_region_sums(net, dataset: GenerativeDataset) -> tuple[list[int], np.nd
     return pieces, sums
 
 
+def _draws(pieces: int, resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of piece rows [resamples, pieces]: the same for the same count and seed."""
+    return np.random.default_rng(seed).integers(0, pieces, (resamples, pieces))
+
+
+def _drawn_gains(sums: np.ndarray, draws: np.ndarray, column: int) -> np.ndarray:
+    """The gain of region `column` in each draw [resamples] (NaN where a draw has no token)."""
+    resampled = sums[draws, column]  # [resamples, pieces, 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (resampled[..., 2].sum(1) - resampled[..., 1].sum(1)) / resampled[..., 0].sum(1)
+
+
+def _gain(sums: np.ndarray, column: int) -> float:
+    tokens, true, other = sums[:, column].sum(axis=0)
+    return (other - true) / tokens
+
+
 def region_gains(
     sums: np.ndarray, resamples: int = 1000, seed: int = 0
 ) -> dict[str, RegionGain | None]:
     """`RegionGain` per region from `piece_region_sums`' array [pieces, regions, 3] (summed
     over seeds, for runs scored on the same pieces): pieces are resampled, true and other
     snippets stay paired. None for a region without tokens."""
-    draws = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
+    draws = _draws(len(sums), resamples, seed)
     result = {}
     for column, name in enumerate(REGIONS):
         tokens, true, other = sums[:, column].sum(axis=0)
         if tokens == 0:
             result[name] = None
             continue
-        resampled = sums[draws, column]  # [resamples, pieces, 3]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gains = (resampled[..., 2].sum(1) - resampled[..., 1].sum(1)) / resampled[..., 0].sum(1)
-        low, high = np.nanpercentile(gains, [2.5, 97.5])
+        low, high = np.nanpercentile(_drawn_gains(sums, draws, column), [2.5, 97.5])
         result[name] = RegionGain(
             int(tokens), true / tokens, other / tokens, (other - true) / tokens, (low, high)
         )
     return result
+
+
+def gain_difference(
+    sums: np.ndarray, reference: np.ndarray, region: str, resamples: int = 1000, seed: int = 0
+) -> tuple[float, tuple[float, float]] | None:
+    """The gain of `region` of one model's sums minus another's (both [pieces, regions, 3] on
+    the same pieces), with its 95% bootstrap interval from the same draws of pieces for both
+    (paired). None where either has no token in the region."""
+    column = REGIONS.index(region)
+    if sums[:, column, 0].sum() == 0 or reference[:, column, 0].sum() == 0:
+        return None
+    draws = _draws(len(sums), resamples, seed)
+    differences = _drawn_gains(sums, draws, column) - _drawn_gains(reference, draws, column)
+    low, high = np.nanpercentile(differences, [2.5, 97.5])
+    return _gain(sums, column) - _gain(reference, column), (float(low), float(high))
 
 
 def snippet_information_gain(

@@ -20,9 +20,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from lightning.pytorch.trainer.states import TrainerStatus
 from omegaconf import DictConfig, open_dict
 
+from staria.data.cache import CachedSplit
+from staria.data.preprocess import find_index
 from staria.generation.generate import generate
 from staria.generation.manifest import MANIFEST_FILE
 from staria.paths import REPO_ROOT
@@ -76,6 +79,15 @@ def train_config(preset: str, run_dir: Path, overrides: Sequence[str] = ()) -> D
             *overrides,
         ],
     )
+
+
+def data_splits(data: DictConfig) -> dict[str, CachedSplit]:
+    """The train, val and test splits of a training config's `data` settings (made and
+    indexed first if missing): what a phase of those settings trains and validates on."""
+    datamodule = instantiate(data)
+    datamodule.prepare_data()
+    found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
+    return {name: CachedSplit(folder) for name, folder in found.split_dirs.items()}
 
 
 def run_train_phase(

@@ -24,20 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 
-from staria.data.cache import CachedSplit
-from staria.data.preprocess import find_index
-from staria.evaluation.anchors import kind_unigram_loss
+from staria.evaluation.anchors import split_anchor_loss
 from staria.research.phases import (
     PhaseInterrupted,
     PhaseResult,
+    data_splits,
     last_checkpoint,
     run_train_phase,
     train_config,
     val_curve,
 )
-from staria.tokenizer import MusicTokenizerWithStyle, TokenTable
 from staria.training.stages import STAGES
 from staria.training.train import EXIT_INTERRUPTED, RunConfigChangedError
 
@@ -119,16 +117,8 @@ def run_recipe(
 def anchor_loss(recipe: Recipe, runs_dir: Path, overrides: Sequence[str] = ()) -> float:
     """The kind-unigram anchor on the Staria runs' own data: fitted on train, scored on val."""
     cfg = train_config(recipe.staria, runs_dir / "stage-A", ["stage=A", *overrides])
-    datamodule = instantiate(cfg.data)
-    found = find_index(datamodule.sources(), datamodule.cache_dir, datamodule.index_settings)
-    splits = {split: CachedSplit(found.split_dirs[split]) for split in ("train", "val")}
-    tokenizer = MusicTokenizerWithStyle()
-
-    def pieces(split: str):
-        return (splits[split].tokens(i) for i in range(len(splits[split])))
-
-    table = TokenTable.from_tokenizer(tokenizer)
-    return kind_unigram_loss(pieces("train"), pieces("val"), table, tokenizer.bos_id)
+    splits = data_splits(cfg.data)
+    return split_anchor_loss(splits["train"], splits["val"])
 
 
 def summary(phases: dict[str, PhaseResult], anchor: float) -> str:
