@@ -43,9 +43,8 @@ def run_generate(checkpoint: Path, out_dir: Path, *overrides: str) -> Path:
 
 
 def val_split(checkpoint: Path) -> CachedSplit:
-    cache = Path(load_checkpoint(checkpoint).data_settings.cache_dir)
-    (folder,) = cache.glob("dataset_*_val")
-    return CachedSplit(folder)
+    """The val split of the checkpoint's own data (the module's runs share one cache)."""
+    return data_split(load_checkpoint(checkpoint), "val")
 
 
 def assert_valid_samples(manifest: Path, count: int) -> list:
@@ -65,7 +64,7 @@ def test_prompt_forms_ask_each_piece_for_its_own_target_form(runs, model, tmp_pa
         runs[model], tmp_path, "prompt.pieces=[2,0,1]", f"prompt.forms=[{','.join(forms)}]"
     )
     samples = assert_valid_samples(manifest, 3)
-    split = data_split(load_checkpoint(runs[model]), "val")
+    split = val_split(runs[model])
     for sample, form, index in zip(samples, forms, [2, 0, 1], strict=True):
         assert sample.form == form
         assert TOKENIZER.decode(list(sample.token_ids[1:2])) == [f"<{form}>"]
