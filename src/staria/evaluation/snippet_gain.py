@@ -118,8 +118,8 @@ def _piece_losses(net, dataset, collate, index, donor) -> tuple[np.ndarray, np.n
     return losses[0][ends[0] - length : ends[0]], losses[1][ends[1] - length : ends[1]]
 
 
-def piece_region_sums(net, dataset: GenerativeDataset) -> tuple[list[int], np.ndarray]:
-    """The pieces with a same-form donor and, per piece and region, (tokens, summed loss with
+def piece_region_sums(net, dataset: GenerativeDataset) -> np.ndarray:
+    """Per piece with a same-form donor (in index order) and region, (tokens, summed loss with
     true snippets, summed loss with the donor's): [pieces, len(REGIONS), 3]."""
     donors = same_form_donors(dataset)
     if not donors:
@@ -135,7 +135,7 @@ def piece_region_sums(net, dataset: GenerativeDataset) -> tuple[list[int], np.nd
         for column, name in enumerate(REGIONS):
             where = scored & ((region == column) if name != "all" else True)
             sums[row, column] = where.sum(), true[where].sum(), other[where].sum()
-    return pieces, sums
+    return sums
 
 
 def _draws(pieces: int, resamples: int, seed: int) -> np.ndarray:
@@ -194,7 +194,7 @@ def snippet_information_gain(
     net, dataset: GenerativeDataset, resamples: int = 1000, seed: int = 0
 ) -> dict[str, RegionGain | None]:
     """`RegionGain` per region over the pieces with a same-form donor (None: no token)."""
-    return region_gains(piece_region_sums(net, dataset)[1], resamples, seed)
+    return region_gains(piece_region_sums(net, dataset), resamples, seed)
 
 
 def checkpoint_gain(

@@ -62,6 +62,7 @@ from staria.evaluation.snippet_gain import (
 )
 from staria.evaluation.structure_metrics import section_similarities
 from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
+from staria.generation.generate import resolve_device
 from staria.generation.manifest import MANIFEST_FILE
 from staria.generation.prompts import PromptError
 from staria.generation.sampling import SamplingConfigError
@@ -373,8 +374,7 @@ def measure_model(
     """Train-side figures, val loss and gain pooled over seeds, samples generated (with
     `sampling[condition]` overrides) and scored."""
     resamples = settings.resamples
-    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device
-    device = "cpu" if device == "auto" else device
+    device = resolve_device(settings.device)
     region_sums, scores = [], {condition: [] for condition in CONDITIONS}
     for seed_runs in runs:
         run_dir = seed_runs[-1]
@@ -383,7 +383,7 @@ def measure_model(
         datamodule = hydra.utils.instantiate(loaded.data_settings)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        region_sums.append(piece_region_sums(loaded.net, datamodule.datasets["val"])[1])
+        region_sums.append(piece_region_sums(loaded.net, datamodule.datasets["val"]))
         for condition, overrides in sampling.items():
             samples_dir = run_dir / "samples" / condition
             run_generate_phase(f"{model} {condition}", checkpoint, samples_dir, overrides)
