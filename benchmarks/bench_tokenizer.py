@@ -1,11 +1,17 @@
 """Tokenizer throughput over the shared MIDI folder, against pretty_midi's parse in the same run.
 
+When aria-utils is installed (`pip install -e ".[aria]"`), its own tokenizer (`MidiDict.from_midi`
+then `AbsTokenizer.tokenize(..., add_dim_tok=False)` + `encode`, the call behind the reference
+ids in `tests/fixtures/aria`) is timed over the same files in the same run, and the ids
+of both are compared file by file.
+
 numba compiles the MIDI reader and writer once (cached on disk afterwards); the one-off compile
 is timed in a fresh process with an empty cache and reported apart, and every timed pass here
 runs after a warm-up call.
 """
 
 import argparse
+import importlib.util
 import io
 import os
 import subprocess
@@ -23,7 +29,6 @@ from staria.paths import midi_dir
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import MidiReadError
 
-ARIA_FILES_PER_SECOND = 23.0  # Aria's own tokenizer on real piano MIDI on these machines (issue 2)
 COLD_START = """
 import sys, time
 from staria.tokenizer import MusicTokenizerWithStyle
@@ -53,6 +58,31 @@ def compile_seconds(path: Path) -> float:
         command = [sys.executable, "-c", COLD_START, str(path), str(out)]
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return float(result.stdout.split()[-1])
+
+
+def aria_utils_work():
+    """aria-utils' tokenize + encode of a list of files, or None when it is not installed.
+
+    Returns a function `files -> (token count, {path: ids or None where aria-utils raised})`.
+    """
+    if importlib.util.find_spec("ariautils") is None:
+        return None
+    from ariautils.midi import MidiDict
+    from ariautils.tokenizer import AbsTokenizer
+
+    aria = AbsTokenizer()
+
+    def work(files) -> tuple[int, dict]:
+        ids = {}
+        for path in files:
+            try:
+                midi_dict = MidiDict.from_midi(path)
+                ids[path] = aria.encode(aria.tokenize(midi_dict, add_dim_tok=False))
+            except Exception:  # aria-utils' own failure on a file is part of what is compared
+                ids[path] = None
+        return sum(len(i) for i in ids.values() if i is not None), ids
+
+    return work
 
 
 def main() -> None:
@@ -99,10 +129,22 @@ def main() -> None:
         return 0
 
     print(f"{len(paths)} files from {args.midi_dir}, {len(piano)} of them piano only")
+    aria_work = aria_utils_work()
+    if aria_work is None:
+        print('aria-utils is not installed (pip install -e ".[aria]"): no same-run Aria anchor')
+    else:
+        _, aria_ids = aria_work(paths)  # warm-up, and the ids compared file by file
+        same = sum(aria_ids[path] == tokenizer.tokenize_ids(path).tolist() for path in paths)
+        print(f"aria-utils gives the same ids as Staria for {same} of {len(paths)} files")
     for files, label in [(paths, "all files"), (piano, "piano only")]:
         baseline, _ = _timed(lambda files=files: pretty_midi_parse(files), 1)
         baseline_rate = len(files) / baseline
         print(f"-- {label}: pretty_midi parse alone {baseline_rate:8.1f} files/s")
+        aria_rate = None
+        if aria_work is not None:
+            aria_seconds, _ = _timed(lambda files=files: aria_work(files)[0], 1)
+            aria_rate = len(files) / aria_seconds
+            print(f"-- {label}: aria-utils tokenize+encode {aria_rate:8.1f} files/s")
         rows = [
             ("tokenize+encode (tokens)", lambda files=files: tokenize_encode(files)),
             ("tokenize_ids (bulk path)", lambda files=files: bulk_ids(files)),
@@ -115,10 +157,10 @@ def main() -> None:
         for name, work in rows:
             seconds, tokens = _timed(work, args.repeats)
             rate = len(files) / seconds
-            versus_aria = rate / ARIA_FILES_PER_SECOND
+            versus_aria = "" if aria_rate is None else f"  x{rate / aria_rate:6.1f} aria-utils"
             print(
                 f"{name:28s} {rate:8.1f} files/s {tokens / seconds:12.0f} tokens/s"
-                f"  x{rate / baseline_rate:6.1f} pretty_midi  x{versus_aria:6.1f} Aria"
+                f"  x{rate / baseline_rate:6.1f} pretty_midi{versus_aria}"
             )
 
 
