@@ -125,11 +125,25 @@ def test_a_rerun_trains_nothing_and_writes_the_same_numbers(comparison, monkeypa
     assert again.read_text() == table.read_text()
 
 
-def test_settings_it_cannot_run_are_refused_by_name(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("argument", "named"),
+    [
+        (["--num-prompts", "1"], "--num-prompts"),
+        (["--temperature", "5"], "--temperature=5.0: must be 0 (greedy) or lie in [0.1, 2.0]"),
+        (["--top-p", "0"], "--top-p=0.0: must lie in (0, 1]"),
+    ],
+)
+def test_settings_it_cannot_run_are_refused_by_name(tmp_path, capsys, argument, named):
+    """Sampling ranges are generation's own (`SamplingSettings`), named as flags."""
     with pytest.raises(SystemExit) as stopped:
-        compare.main(["--num-prompts", "1", "--runs-dir", str(tmp_path)])
+        compare.main([*argument, "--runs-dir", str(tmp_path)])
     assert stopped.value.code == 2
-    assert "--num-prompts" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_greedy_sampling_is_accepted_as_generation_accepts_it():
+    assert compare.parse_args(["--temperature", "0"]).temperature == 0
 
 
 def test_more_prompts_than_test_pieces_are_refused_before_anything_trains(

@@ -11,7 +11,8 @@ from omegaconf import MISSING
 
 @dataclass
 class SamplingConfig:
-    """Filters and length; ranges are checked by `staria.generation.sampling.SamplingSettings`."""
+    """Filters and length (`sampling`); `staria.generation.sampling.SamplingSettings` checks
+    their ranges."""
 
     temperature: float = 1.0
     top_k: int | None = None

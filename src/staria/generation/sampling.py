@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from staria.data.collate import Collator
+from staria.generation.config import SamplingConfig
 from staria.generation.prompts import Prompt
 from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter, LogitsFilterError
@@ -28,17 +29,12 @@ class SamplingConfigError(ValueError):
         self.key = key
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How tokens are drawn; `None` or a filter's neutral value (top_k 0, top_p 1, min_p 0)
-    switches it off. `max_length` bounds the decoder
-    sequence of a sample (its start included; a decoder-only prompt block is not counted)."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    max_length: int = 1024
+@dataclass
+class SamplingSettings(SamplingConfig):
+    """How tokens are drawn (the `sampling` config's fields, declared there once), checked:
+    `None` or a filter's neutral value (top_k 0, top_p 1, min_p 0) switches it off, and
+    `max_length` bounds the decoder sequence of a sample (its start included; a decoder-only
+    prompt block is not counted). `SamplingConfigError` names the key out of range."""
 
     def __post_init__(self) -> None:
         try:

@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import hydra
@@ -65,7 +65,7 @@ from staria.generation.checkpoint import LoadedCheckpoint, load_checkpoint
 from staria.generation.generate import resolve_device
 from staria.generation.manifest import MANIFEST_FILE
 from staria.generation.prompts import PromptError
-from staria.generation.sampling import SamplingConfigError
+from staria.generation.sampling import SamplingConfigError, SamplingSettings
 from staria.models.xtransformers import vocabulary_parameter_count
 from staria.paths import REPO_ROOT
 from staria.research.phases import (
@@ -688,26 +688,19 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareSettings:
         "--num-prompts must be at least 2": args.num_prompts < 2,
         "--resamples must be at least 100": args.resamples < 100,
         "--seeds must differ": len(set(args.seeds)) != len(args.seeds),
-        "--temperature must be above 0": args.temperature <= 0,
-        "--top-p must be in (0, 1]": not 0 < args.top_p <= 1,
         "--max-length must be at least 8": args.max_length is not None and args.max_length < 8,
     }
     for problem, found in problems.items():
         if found:
             parser.error(problem)
-    return CompareSettings(
-        runs_dir=args.runs_dir,
-        results_dir=args.results_dir,
-        scale=args.scale,
-        seeds=tuple(args.seeds),
-        num_prompts=args.num_prompts,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_length=args.max_length,
-        resamples=args.resamples,
-        device=args.device,
-        overrides=tuple(args.overrides),
-    )
+    try:  # the ranges generation takes, checked where they are declared
+        SamplingSettings(temperature=args.temperature, top_p=args.top_p)
+    except SamplingConfigError as error:
+        flag = "--" + error.key.removeprefix("sampling.").replace("_", "-")
+        parser.error(flag + str(error).removeprefix(error.key))
+    values = {setting.name: getattr(args, setting.name) for setting in fields(CompareSettings)}
+    values.update(seeds=tuple(args.seeds), overrides=tuple(args.overrides))
+    return CompareSettings(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

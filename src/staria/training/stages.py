@@ -87,16 +87,11 @@ def _remove_row_mask(parameter: nn.Parameter, handle: RemovableHandle) -> None:
     delattr(parameter, _ROW_MASK_ATTRIBUTE)
 
 
-@dataclass(frozen=True)
-class StageSchedule:
-    """One training stage (A, B or C) and its unfreezing / learning-rate settings."""
+@dataclass
+class StageSchedule(StageConfig):
+    """One training stage (A, B or C): the `stage` group's settings (`StageConfig`, declared
+    there once) checked, and the token rows stages A and B train."""
 
-    name: str
-    # defaults: the `stage` group's schema (training/config.py), declared there once
-    unfreeze_top_k: int = StageConfig.unfreeze_top_k
-    unfreeze_every_n_steps: int = StageConfig.unfreeze_every_n_steps
-    lr_scale: Mapping[str, float] = field(default_factory=dict)
-    train_new_token_rows: bool = StageConfig.train_new_token_rows
     new_token_ids: tuple[int, ...] = field(default_factory=staria_new_token_ids)
 
     def __post_init__(self) -> None:
@@ -113,10 +108,8 @@ class StageSchedule:
 
     @classmethod
     def from_config(cls, stage: Mapping) -> StageSchedule:
-        """From the `stage` config group (its keys are `StageConfig`'s; a missing one takes
-        the schema's default)."""
-        settings = {**vars(StageConfig()), **stage}
-        return cls(**settings | {"lr_scale": dict(settings["lr_scale"] or {})})
+        """From the `stage` config group (a missing key takes the schema's default)."""
+        return cls(**{**stage, "lr_scale": dict(stage.get("lr_scale") or {})})
 
     @property
     def masks_token_rows(self) -> bool:
