@@ -21,8 +21,7 @@ from pathlib import Path
 
 from staria.data.preprocess import IndexSettings, build_index
 from staria.paths import midi_dir
-from staria.tokenizer import MusicTokenizerWithStyle
-from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
+from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle, scan_midi_files
 
 
 def make_corpus(folder: Path, copies: range) -> list[Path]:

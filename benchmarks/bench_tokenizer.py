@@ -26,8 +26,7 @@ import pretty_midi
 import torch
 
 from staria.paths import midi_dir
-from staria.tokenizer import MusicTokenizerWithStyle
-from staria.tokenizer.midi_io import MidiReadError
+from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
 
 COLD_START = """
 import sys, time

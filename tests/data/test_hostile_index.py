@@ -18,10 +18,11 @@ import pytest
 from staria.data.isolation import WorkerLimits
 from staria.data.labels import SPLITS
 from staria.data.preprocess import IndexSettings, build_index
+from staria.files import PARTIAL_SUFFIX
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
 from tests.midi_oracle import (
-    FIXTURES,
+    SMALL_MIDI,
     case_folders,
     midi_file,
     mutate,
@@ -36,10 +37,10 @@ STARIA_DATA = [sys.executable, "-c", "from staria.data.cli import main; main()"]
 def _hostile_folder(folder: Path) -> Path:
     """Good files, the hostile cases, fuzzed mutants, and files built to cost or to be long."""
     folder.mkdir()
-    for source in [*(FIXTURES / "midi").glob("*.mid"), *case_folders()[0].glob("*.mid")]:
+    for source in [*SMALL_MIDI.values(), *case_folders()[0].glob("*.mid")]:
         shutil.copy(source, folder / source.name)
     rng = random.Random(3)
-    seeds = [path.read_bytes() for path in sorted((FIXTURES / "midi").glob("*.mid"))]
+    seeds = [path.read_bytes() for path in SMALL_MIDI.values()]
     for index in range(40):
         mutant = (mutate if index % 2 else mutate_messages)(rng.choice(seeds), rng)
         (folder / f"mutant_{index:02d}.mid").write_bytes(mutant)
@@ -48,8 +49,8 @@ def _hostile_folder(folder: Path) -> Path:
     silence += [mido.Message("note_on", note=60, velocity=80, time=2**28 - 1)] * 4
     (folder / "years_of_silence.mid").write_bytes(midi_file(silence, ticks_per_beat=1))
     (folder / "not_midi.mid").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
-    shutil.copy(FIXTURES / "midi" / "waltz.mid", folder / os.fsdecode(b"not-utf8-\xff.mid"))
-    (folder / "truncated.mid").write_bytes((FIXTURES / "midi" / "waltz.mid").read_bytes()[:300])
+    shutil.copy(SMALL_MIDI["waltz.mid"], folder / os.fsdecode(b"not-utf8-\xff.mid"))
+    (folder / "truncated.mid").write_bytes((SMALL_MIDI["waltz.mid"]).read_bytes()[:300])
     return folder
 
 
@@ -93,7 +94,7 @@ def _pieces(split_dir: Path) -> list[dict]:
 def test_files_over_a_worker_limit_are_skipped_with_the_reason_and_not_retried(tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()
-    shutil.copy(FIXTURES / "midi" / "basic.mid", folder)
+    shutil.copy(SMALL_MIDI["basic.mid"], folder)
     (folder / "large.mid").write_bytes(tempo_dense_file(60_000))  # ~1 MB: ~40 MB of events
     limits = WorkerLimits(timeout_s=120, memory_mib=24)
     settings = IndexSettings(name="capped", val_fraction=0, test_fraction=0)
@@ -110,7 +111,7 @@ def test_a_file_changed_while_indexing_does_not_stop_the_run(tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()
     for index in range(4):
-        shutil.copy(FIXTURES / "midi" / "waltz.mid", folder / f"piece_{index}.mid")
+        shutil.copy(SMALL_MIDI["waltz.mid"], folder / f"piece_{index}.mid")
     touched = folder / "piece_0.mid"
 
     def touch_after_each_chunk(count: int) -> None:
@@ -129,7 +130,7 @@ def test_a_file_changed_while_indexing_does_not_stop_the_run(tmp_path):
 def test_folders_that_cannot_be_listed_are_skipped_not_fatal(tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()
-    shutil.copy(FIXTURES / "midi" / "basic.mid", folder)
+    shutil.copy(SMALL_MIDI["basic.mid"], folder)
     # A chain of folders whose full path outgrows PATH_MAX (4096): listing its bottom fails.
     fd = os.open(folder, os.O_RDONLY)
     for _ in range(20):
@@ -152,7 +153,7 @@ def test_cli_names_a_missing_source_and_prints_any_cache_path(tmp_path):
     assert "nowhere is neither a file nor a folder" in missing.stderr
     folder = tmp_path / "midi"
     folder.mkdir()
-    shutil.copy(FIXTURES / "midi" / "basic.mid", folder)
+    shutil.copy(SMALL_MIDI["basic.mid"], folder)
     odd = subprocess.run(
         [*STARIA_DATA, "index", str(folder), "--cache-dir", str(tmp_path / "cache[/]")],
         capture_output=True, text=True, timeout=300,
@@ -165,7 +166,7 @@ def test_crop_keeps_long_pieces_cropped_and_the_report_says_which(tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()
     for name in ("basic.mid", "waltz.mid"):
-        shutil.copy(FIXTURES / "midi" / name, folder)
+        shutil.copy(SMALL_MIDI[name], folder)
     settings = IndexSettings(name="crop", max_tokens=300, crop=True, val_fraction=0)
     result = build_index([folder], tmp_path / "cache", settings, workers=1)
     report = json.loads(result.report_path.read_text())
@@ -270,7 +271,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_output(tmp_path, sma
     message = " ".join(run.stderr.split())
     assert "No space left on device while writing" in message and str(cache) in message
     assert "Traceback" not in run.stderr
-    leftovers = [path.name for path in cache.rglob("*") if path.name.endswith(".tmp")]
+    leftovers = [path.name for path in cache.rglob("*") if path.name.endswith(PARTIAL_SUFFIX)]
     assert leftovers == []
     assert not [path for path in cache.iterdir() if path.name.startswith("dataset_")]
     os.sync()

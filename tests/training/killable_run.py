@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+import staria.files as files
 import staria.training.checkpointing as checkpointing
 from staria.training.cli import main
 
@@ -46,14 +47,14 @@ def plant(mode: str, count: int) -> None:
 
         checkpointing.torch.save = save
     elif mode == "before-rename":
-        real_replace = checkpointing.replace_atomically
+        real_replace = files.replace_atomically
 
         def replace(partial, path):
             if due():
                 kill()
             real_replace(partial, path)
 
-        checkpointing.replace_atomically = replace
+        files.replace_atomically = replace
     elif mode != "none":
         raise SystemExit(f"unknown mode {mode!r}")
 

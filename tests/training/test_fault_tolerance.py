@@ -17,7 +17,7 @@ import torch
 import wandb
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from staria.training import checkpointing
+from staria import files
 from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, CheckpointHistory
 from staria.training.resume import (
     FINISHED_MARKER,
@@ -327,7 +327,7 @@ def test_a_signal_at_a_step_that_validates_stops_before_it_and_the_validation_ha
 def test_a_kill_before_the_final_last_checkpoint_lands_is_repaired_by_the_rerun(
     tmp_path, straight, monkeypatch
 ):
-    real_replace, renames = checkpointing.replace_atomically, []
+    real_replace, renames = files.replace_atomically, []
 
     def replace(partial, path):
         renames.append(path.name)
@@ -335,10 +335,10 @@ def test_a_kill_before_the_final_last_checkpoint_lands_is_repaired_by_the_rerun(
             raise SimulatedKill("before the final last.ckpt rename")
         real_replace(partial, path)
 
-    monkeypatch.setattr(checkpointing, "replace_atomically", replace)
+    monkeypatch.setattr(files, "replace_atomically", replace)
     with pytest.raises(SimulatedKill):
         train(smoke(tmp_path, *SIX_STEPS))
-    monkeypatch.setattr(checkpointing, "replace_atomically", real_replace)
+    monkeypatch.setattr(files, "replace_atomically", real_replace)
     assert (tmp_path / "checkpoints" / f".{LAST_CHECKPOINT}.partial").exists()
     resumed = train(smoke(tmp_path, *SIX_STEPS))  # resumes at step 6: nothing left to train
     assert_matches_straight(tmp_path, resumed, straight)

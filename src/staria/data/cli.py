@@ -20,7 +20,7 @@ from staria.data.preprocess import (
 )
 from staria.data.slurm_index import cluster_launcher_settings, submit_index
 from staria.data.synthetic import SOURCES, SynthesisConfig, synthesize
-from staria.tokenizer.midi_io import scan_midi_files
+from staria.tokenizer import scan_midi_files
 
 
 def _add_typed(

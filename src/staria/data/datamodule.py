@@ -33,6 +33,7 @@ from staria.data.datasets import (
     SequenceSettings,
     SnippetAugmenter,
 )
+from staria.data.labels import SPLITS
 from staria.data.preprocess import (
     IndexResult,
     IndexSettings,
@@ -209,7 +210,7 @@ class MidiDataModule(L.LightningDataModule):
                 "call prepare_data() (the Trainer does) or run `staria-data index`"
             )
         layout = TokenLayout(self.tokenizer)
-        for split in STAGE_SPLITS.get(stage, ("train", "val", "test")):
+        for split in STAGE_SPLITS.get(stage, SPLITS):
             source = PieceSource(CachedSplit(found.split_dirs[split]), layout)
             self.datasets[split] = self._dataset(source, split)
         if stage == "fit":
@@ -261,7 +262,7 @@ class MidiDataModule(L.LightningDataModule):
         )
 
     def _dataset(self, source: PieceSource, split: str) -> Dataset:
-        seed = self.seed + ("train", "val", "test").index(split)
+        seed = self.seed + SPLITS.index(split)
         if self.task == "generative":
             return GenerativeDataset(source, self.sequence, self.model_kind, seed)
         if self.task == "contrastive":

@@ -90,16 +90,8 @@ class PieceSource:
         return self.split.pieces[piece]
 
     def sections(self, piece: int, ids: np.ndarray) -> tuple[tuple[str, int, int], ...]:
-        """The piece's `(letter, start, end)` spans; an unlabelled piece is one A section.
-
-        Treating unlabelled music as a single A section lets real MIDI without form labels
-        train the generative models (its opening becomes the one snippet) and contrastive views.
-        """
-        labelled = self.record(piece).sections
-        if labelled:
-            return labelled
-        end = len(ids) - int(ids[-1] == self.eos_id)
-        return (("A", self.layout.tokenizer.body_start(ids), end),)
+        """The piece's `(letter, start, end)` spans (`piece_sections`)."""
+        return piece_sections(ids, self.record(piece).sections, self.layout.tokenizer)
 
     def note_starts(self, ids: np.ndarray, low: int, high: int) -> np.ndarray:
         """Positions in `[low, high)` where a note begins: the only clean places to cut."""
@@ -127,6 +119,22 @@ class PieceSource:
     def snippets(self, piece: int, ids: np.ndarray, settings: SequenceSettings) -> list[np.ndarray]:
         """The piece's snippets (`section_snippets`)."""
         return section_snippets(ids, self.sections(piece, ids), self.layout, settings)
+
+
+def piece_sections(
+    ids: np.ndarray, labelled: Sequence[tuple[str, int, int]], tokenizer: MusicTokenizerWithStyle
+) -> tuple[tuple[str, int, int], ...]:
+    """A piece's `(letter, start, end)` token spans: `labelled` when there are any, else one A
+    section from after `<S>` to before `<E>`.
+
+    Treating unlabelled music as a single A section lets real MIDI without form labels train
+    the generative models (its opening becomes the one snippet) and contrastive views, and
+    prompt generation the same way.
+    """
+    if labelled:
+        return tuple(labelled)
+    end = len(ids) - int(ids[-1] == tokenizer.eos_id)
+    return (("A", tokenizer.body_start(ids), end),)
 
 
 def section_snippets(

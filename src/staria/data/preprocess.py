@@ -29,8 +29,8 @@ from staria.data.cache import COMPLETE_MARKER, NO_SECTION, IncompleteIndexError
 from staria.data.isolation import ItemFailure, WorkerLimits, map_isolated
 from staria.data.labels import SPLITS, PieceLabels, labels_path
 from staria.data.sequences import TokenLayout
-from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits
-from staria.tokenizer.midi_io import read_notes, scan_midi_files
+from staria.files import write_durably, write_json_atomic
+from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits, read_notes, scan_midi_files
 
 INDEX_FORMAT_VERSION = 2
 FILES_PER_WORKER = 64
@@ -156,13 +156,12 @@ def _write_chunk(work_dir: Path, chunk_id: int, results: list[tuple]) -> None:
     section_parts = [sections for _, _, sections in results if sections is not None]
     empty = np.zeros(0, dtype=np.uint16)
     stem = work_dir / f"chunk-{chunk_id:06d}"
-    with _atomic_path(stem.with_suffix(".npz")) as temp, open(temp, "wb") as handle:
-        np.savez(
-            handle,
-            tokens=np.concatenate(token_parts) if token_parts else empty,
-            section_ids=np.concatenate(section_parts) if section_parts else empty.astype(np.uint8),
-        )
-    _write_json(stem.with_suffix(".json"), records)
+    arrays = {
+        "tokens": np.concatenate(token_parts) if token_parts else empty,
+        "section_ids": np.concatenate(section_parts) if section_parts else empty.astype(np.uint8),
+    }
+    write_durably(stem.with_suffix(".npz"), lambda handle: np.savez(handle, **arrays), unique=True)
+    write_json_atomic(stem.with_suffix(".json"), records, unique=True)
 
 
 def _chunks(files: Sequence[Path], chunk_size: int) -> list[list[str]]:
@@ -244,7 +243,8 @@ def build_index(
             return found
         work_dir = cache_root / f".work_{stem}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(work_dir / "plan.json", {"chunk_size": chunk_size, "num_chunks": len(chunks)})
+        plan = {"chunk_size": chunk_size, "num_chunks": len(chunks)}
+        write_json_atomic(work_dir / "plan.json", plan, unique=True)  # shards write it at once
         todo = [
             (chunk_id, paths)
             for chunk_id, paths in enumerate(chunks)
@@ -339,7 +339,7 @@ def _merge_chunks(
             for record, start, split in kept:
                 end = start + record["num_tokens"]
                 writers.append(split, record, tokens[start:end], section_ids[start:end])
-    _write_json(report_path, plan.report(key, settings, num_files))
+    write_json_atomic(report_path, plan.report(key, settings, num_files))
     shutil.rmtree(work_dir)
     return IndexResult(split_dirs, report_path, key, False, 0, num_chunks, _counts(split_dirs))
 
@@ -458,7 +458,7 @@ class _SplitWriters:
             if split in self.section_ids:
                 self.section_ids[split].flush()
             np.save(temp / "offsets.npy", np.asarray(self.offsets[split], dtype=np.int64))
-            _write_json(
+            write_json_atomic(
                 temp / "index.json",
                 {
                     "format_version": INDEX_FORMAT_VERSION,
@@ -476,27 +476,6 @@ class _SplitWriters:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(temp, final)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path (unique to this process) renamed to `path` on success, removed on
-    failure, so a final name only ever holds a whole file. A failed write (a full disk) is
-    re-raised as an `OSError` that names `path`."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    except BaseException as error:
-        temp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-
-
-def _write_json(path: Path, payload: dict | list) -> None:
-    with _atomic_path(path) as temp:
-        temp.write_text(json.dumps(payload, indent=1))
 
 
 def _allocated_memmap(path: Path, dtype: type, length: int) -> np.ndarray:

@@ -13,8 +13,7 @@ import numpy as np
 
 from staria.data.labels import SPLITS
 from staria.data.section_material import SectionMaterial, SynthesisError, on_grid
-from staria.tokenizer import TIME_STEP_MS
-from staria.tokenizer.midi_io import MidiReadError, read_notes, scan_midi_files
+from staria.tokenizer import TIME_STEP_MS, MidiReadError, read_notes, scan_midi_files
 
 if TYPE_CHECKING:
     from staria.data.synthetic import SynthesisConfig

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from staria.data.cache import COMPLETE_MARKER, CachedSplit
-from staria.data.labels import PieceLabels, labels_path
+from staria.data.labels import SPLITS, PieceLabels, labels_path
 from staria.evaluation.audio import PREVIEW_SECONDS
 from staria.evaluation.classifier_metrics import TASKS, classify_samples, confusion_png, save_scores
 from staria.evaluation.copy_fidelity import copy_fidelity_metrics
@@ -399,7 +399,7 @@ def parser() -> argparse.ArgumentParser:
         "gain", help="snippet information gain of a generative checkpoint, region by region"
     )
     gain.add_argument("checkpoint", help="a staria or baseline run's checkpoint")
-    gain.add_argument("--split", choices=("train", "val", "test"), default="val")
+    gain.add_argument("--split", choices=SPLITS, default="val")
     gain.add_argument("--resamples", type=_resamples, default=1000, help="bootstrap draws (>= 100)")
     gain.add_argument(
         "--run-config", help="the run's config.yaml, for a checkpoint moved out of it"

@@ -18,8 +18,13 @@ from matplotlib.figure import Figure
 
 from staria.data.labels import STYLE_KEYS, PieceLabels, labels_path
 from staria.evaluation.notes import sectioned_notes
-from staria.tokenizer import MusicTokenizerWithStyle, Token, TokenTable
-from staria.tokenizer.midi_io import MidiReadError, scan_midi_files
+from staria.tokenizer import (
+    MidiReadError,
+    MusicTokenizerWithStyle,
+    Token,
+    TokenTable,
+    scan_midi_files,
+)
 
 ALL_SPLITS = "all"
 UNSPLIT = "unsplit"

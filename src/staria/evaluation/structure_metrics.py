@@ -14,8 +14,7 @@ import numpy as np
 from staria.evaluation.notes import SectionedNotes, sectioned_notes
 from staria.evaluation.samples import GeneratedSample
 from staria.statistics import wilson_interval
-from staria.tokenizer import TokenTable
-from staria.tokenizer.midi_io import MidiReadError, NoteTable, read_notes
+from staria.tokenizer import MidiReadError, NoteTable, TokenTable, read_notes
 
 # Rhythm bins (ms) shared by inter-onset intervals and durations: roughly log-spaced, so a
 # 16th at 120 bpm (125 ms) and a half note (1 s) land in different bins.

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from staria.models.xtransformers import compact_ids_in, use_compact_vocabulary
-from staria.tokenizer.vocabulary import UNKNOWN_ID
+from staria.tokenizer import UNKNOWN_ID
 from staria.training import safe_loading, tasks
 from staria.training.checkpointing import CheckpointHistory, recorded_run
 from staria.training.resume import RESOLVED_CONFIG

@@ -81,8 +81,7 @@ def write_samples(
     records = []
     for index, piece in enumerate(pieces):
         file = f"sample_{index:03d}.mid"
-        midi = tokenizer.detokenize(tokenizer.decode(piece.token_ids.tolist()))
-        midi.write(str(building / file))
+        tokenizer.write_midi(tokenizer.decode(piece.token_ids.tolist()), building / file)
         records.append(sample_record(file, piece))
     manifest = {
         "checkpoint": str(checkpoint),

@@ -22,11 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from staria.data.cache import CachedSplit
-from staria.data.datasets import SequenceSettings, section_snippets
+from staria.data.datasets import SequenceSettings, piece_sections, section_snippets
 from staria.data.labels import LabelFormatError, PieceLabels, Section, labels_path
 from staria.data.sequences import TokenLayout
-from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
-from staria.tokenizer.midi_io import MidiReadError, read_notes
+from staria.tokenizer import (
+    FORMS,
+    SECTION_LETTERS,
+    MidiReadError,
+    MusicTokenizerWithStyle,
+    read_notes,
+)
 
 PIANO_PREFIX = ("prefix", "instrument", "piano")
 STRUCTURES = ("labelled", "plain")
@@ -114,9 +119,8 @@ def piece_from_midi(
         elif labels_path(path).is_file():
             labels, sections_from = PieceLabels.load(labels_path(path)), "labels"
         else:
-            body_start = layout.tokenizer.body_start(ids)
-            end = len(ids) - int(ids[-1] == layout.tokenizer.eos_id)
-            return ConditioningPiece(str(path), ids, (("A", body_start, end),), None, None, "whole")
+            sections = piece_sections(ids, (), layout.tokenizer)
+            return ConditioningPiece(str(path), ids, sections, None, None, "whole")
         sequence = layout.labelled_sequence(ids, notes.start_ms / 1000.0, labels)
     except PromptError:
         raise
@@ -134,11 +138,8 @@ def piece_from_split(split: CachedSplit, index: int, tokenizer: MusicTokenizerWi
         raise PromptError(f"{split.folder}: piece {index} out of range (0..{len(split) - 1})")
     record = split.pieces[index]
     ids = split.tokens(index)
-    sections, sections_from = record.sections, "labels"
-    if not sections:
-        body_start = tokenizer.body_start(ids)
-        sections = (("A", body_start, len(ids) - int(ids[-1] == tokenizer.eos_id)),)
-        sections_from = "whole"
+    sections = piece_sections(ids, record.sections, tokenizer)
+    sections_from = "labels" if record.sections else "whole"
     source = f"{record.path} (piece {index} of {split.folder})"
     return ConditioningPiece(source, ids, sections, record.form, record.style, sections_from)
 

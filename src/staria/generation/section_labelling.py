@@ -25,8 +25,14 @@ import torch
 from staria.data.labels import PieceLabels, Section, labels_path
 from staria.data.sequences import TokenLayout
 from staria.generation.judge import ClassifierJudge
-from staria.tokenizer import FORMS, SECTION_LETTERS, MusicTokenizerWithStyle
-from staria.tokenizer.midi_io import MidiReadError, read_notes, scan_midi_files
+from staria.tokenizer import (
+    FORMS,
+    SECTION_LETTERS,
+    MidiReadError,
+    MusicTokenizerWithStyle,
+    read_notes,
+    scan_midi_files,
+)
 
 log = logging.getLogger(__name__)
 

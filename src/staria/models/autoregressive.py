@@ -22,11 +22,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 from x_transformers import TransformerWrapper
-from x_transformers.autoregressive_wrapper import min_p as min_p_filter
-from x_transformers.autoregressive_wrapper import top_k as top_k_filter
-from x_transformers.autoregressive_wrapper import top_p as top_p_filter
 
 from staria.models.static_cache import StaticCacheDecoder
+from staria.models.xtransformers import has_rotary, min_p_filter, top_k_filter, top_p_filter
 
 
 class ContextTooLongError(ValueError):
@@ -120,7 +118,7 @@ def generate_with_cache(
     prompts = list(prompt)
     prompt_len = max(p.shape[-1] for p in prompts)
     too_long = prompt_len + max_new_tokens > net.max_seq_len
-    if decoding.cache_kv and too_long and net.attn_layers.rotary_pos_emb is None:
+    if decoding.cache_kv and too_long and not has_rotary(net):
         raise ContextTooLongError(
             f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds "
             f"max_seq_len={net.max_seq_len}: learned absolute positions cannot decode past "

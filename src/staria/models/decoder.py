@@ -23,6 +23,7 @@ from staria.models.xtransformers import (
     TrunkShape,
     build_decoder_net,
     decoder_blocks,
+    logits_head,
     norm_modules,
 )
 
@@ -38,7 +39,7 @@ class CausalDecoder(TrunkShape, nn.Module):
     @property
     def head(self) -> nn.Linear:
         """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
-        return self.net.to_logits
+        return logits_head(self.net)
 
     def blocks(self) -> list[list[nn.Module]]:
         return decoder_blocks(self.net)

@@ -24,7 +24,12 @@ from x_transformers import TransformerWrapper
 from staria.models.baseline import DecoderOnlyBaseline
 from staria.models.decoder import CrossAttendingDecoder
 from staria.models.staria import StariaModel
-from staria.models.xtransformers import decoder_blocks, token_row_weights, unwrap_branch
+from staria.models.xtransformers import (
+    aria_trunk,
+    block_parts,
+    glu_projections,
+    token_row_weights,
+)
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -93,48 +98,36 @@ def _rotary_pairs_interleaved(heads: int, dim_head: int) -> Callable[[Tensor, in
     return rows
 
 
-def _inner(module: nn.Module) -> nn.Module:
-    """The x-transformers layer behind a checkpoint wrapper or an adapter wrapper."""
-    inner = unwrap_branch(module)
-    return getattr(inner, "feed_forward", inner)
-
-
 def aria_fills(net: TransformerWrapper) -> list[_Fill]:
     """How every pretrained tensor of an Aria-layout `net` is built from Aria checkpoint keys."""
-    layers = net.attn_layers
-    if not isinstance(layers.final_norm, nn.LayerNorm) or layers.rotary_pos_emb is None:
-        raise ValueError("model is not in Aria layout: build it with aria_layout=True")
-    rotary_rows = _rotary_pairs_interleaved(layers.attn_heads, layers.attn_dim_head)
+    final_norm, heads, dim_head = aria_trunk(net)
+    rotary_rows = _rotary_pairs_interleaved(heads, dim_head)
     embedding, head = token_row_weights(net)
     fills = [
         _Fill(embedding, ("model.tok_embeddings.weight",), vocab_rows=True),
         _Fill(head, ("lm_head.weight",), vocab_rows=True),
-        _Fill(layers.final_norm.weight, ("model.out_layer_norm.weight",)),
-        _Fill(layers.final_norm.bias, ("model.out_layer_norm.bias",)),
+        _Fill(final_norm.weight, ("model.out_layer_norm.weight",)),
+        _Fill(final_norm.bias, ("model.out_layer_norm.bias",)),
     ]
-    per_block = layers.len_default_block
-    for index, block in enumerate(decoder_blocks(net)):
-        types = layers.layer_types[index * per_block : (index + 1) * per_block]
-        attn_norms, attn, _ = block[types.index("a")]
-        ff_norms, ff, _ = block[types.index("f")]
-        attn, ff = _inner(attn), _inner(ff)
+    for index, (attn_norm, attn, ff_norm, ff) in enumerate(block_parts(net)):
+        up_gate, down = glu_projections(ff)
         key = f"model.encode_layers.{index}.{{}}".format
         fills += [
             _Fill(attn.to_q.weight, (key("mixed_qkv.weight"),), lambda w: rotary_rows(w, 0)),
             _Fill(attn.to_k.weight, (key("mixed_qkv.weight"),), lambda w: rotary_rows(w, 1)),
             _Fill(attn.to_v.weight, (key("mixed_qkv.weight"),), lambda w: w.chunk(3, dim=0)[2]),
             _Fill(attn.to_out.weight, (key("att_proj_linear.weight"),)),
-            _Fill(attn_norms[0].weight, (key("norm1.weight"),)),
-            _Fill(attn_norms[0].bias, (key("norm1.bias"),)),
-            _Fill(ff_norms[0].weight, (key("norm2.weight"),)),
-            _Fill(ff_norms[0].bias, (key("norm2.bias"),)),
+            _Fill(attn_norm.weight, (key("norm1.weight"),)),
+            _Fill(attn_norm.bias, (key("norm1.bias"),)),
+            _Fill(ff_norm.weight, (key("norm2.weight"),)),
+            _Fill(ff_norm.bias, (key("norm2.bias"),)),
             # x-transformers' GLU: up * silu(gate) from one [up; gate] projection.
             _Fill(
-                ff.ff[0].proj.weight,
+                up_gate.weight,
                 (key("ff_up_proj.weight"), key("ff_gate_proj.weight")),
                 lambda up, gate: torch.cat((up, gate), dim=0),
             ),
-            _Fill(ff.ff[-1].weight, (key("ff_down_proj.weight"),)),
+            _Fill(down.weight, (key("ff_down_proj.weight"),)),
         ]
     return fills
 

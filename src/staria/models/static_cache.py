@@ -28,16 +28,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from x_transformers import TransformerWrapper
-from x_transformers.x_transformers import (
+
+from staria.models.xtransformers import (
     AbsolutePositionalEmbedding,
     Attention,
     Residual,
     always,
     apply_rotary_pos_emb,
+    unwrap_branch,
 )
-from x_transformers.x_transformers import LayerNorm as XLayerNorm
-
-from staria.models.xtransformers import unwrap_branch
+from staria.models.xtransformers import LayerNorm as XLayerNorm
 
 
 class UnsupportedNetError(ValueError):

@@ -2,16 +2,19 @@
 
 Checked against x-transformers 2.31.10 with torch 2.13 (`pyproject.toml` pins `<2.32`); a newer
 x-transformers must pass `tests/models` (layouts, Aria loading, static-cache equality) before the
-bound moves. What is adapted here:
+bound moves. No other module imports from inside x-transformers. What is adapted here:
 - `build_decoder_net`, `build_encoder_net`: the `TransformerWrapper`s of every Staria network;
 - Aria's block (`_to_aria_layout`): rotary base, LayerNorm with bias and bias-free GLU swapped
   into a built `Decoder`, as x-transformers cannot configure them;
 - zero-gated cross-attention and adapters (`GatedCrossAttention`, `AdaptedFeedForward`) put in
   place of the branches of a built stack;
 - activation checkpointing (`checkpoint_layers`), which x-transformers lacks;
-- reading the structure back: `decoder_blocks`, `norm_modules`, `token_row_weights`,
-  `unwrap_branch` (used by stages, Aria loading and `static_cache`, which mirrors the forward
-  pass for decoding and is tested against it output for output);
+- reading the structure back: `decoder_blocks`, `block_parts`, `aria_trunk`, `glu_projections`,
+  `has_rotary`, `logits_head`, `norm_modules`, `token_row_weights`, `unwrap_branch` (used by
+  stages, Aria loading, generation and `static_cache`);
+- the internals `static_cache` mirrors for decoding (its attention, residual, norms and rotary
+  embedding; tested against x-transformers' own forward output for output) and the logits
+  filters `autoregressive` wraps, re-exported below;
 - `decoder_only_state_for`: a decoder-only LM's weights renamed for the same trunk with a
   bridge (x-transformers numbers the layers of all blocks in one list).
 """
@@ -24,15 +27,37 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from x_transformers import Decoder, Encoder, TransformerWrapper
+from x_transformers.autoregressive_wrapper import min_p as min_p_filter
+from x_transformers.autoregressive_wrapper import top_k as top_k_filter
+from x_transformers.autoregressive_wrapper import top_p as top_p_filter
 from x_transformers.x_transformers import (
     GLU,
+    AbsolutePositionalEmbedding,
+    Attention,
     AttentionLayers,
     LayerNorm,
+    Residual,
     RMSNorm,
     RotaryEmbedding,
+    always,
+    apply_rotary_pos_emb,
 )
 
-from staria.tokenizer.vocabulary import VOCAB_SIZE
+# What `static_cache` (the decoding mirror of x-transformers' forward) and `autoregressive`
+# (the logits filters) use of x-transformers, imported here with everything else.
+__all__ = [
+    "AbsolutePositionalEmbedding",
+    "Attention",
+    "LayerNorm",
+    "Residual",
+    "always",
+    "apply_rotary_pos_emb",
+    "min_p_filter",
+    "top_k_filter",
+    "top_p_filter",
+]
+
+from staria.tokenizer import VOCAB_SIZE
 
 ARIA_ROTARY_BASE = 500_000
 
@@ -202,6 +227,45 @@ def decoder_blocks(net: TransformerWrapper) -> list[list[nn.Module]]:
         list(layers.layers[start : start + per_block])
         for start in range(0, len(layers.layers), per_block)
     ]
+
+
+def block_parts(net: TransformerWrapper) -> list[tuple[nn.Module, Attention, nn.Module, nn.Module]]:
+    """Per decoder block bottom to top: (attention's pre-norm, self-attention, feed-forward's
+    pre-norm, feed-forward), each unwrapped from checkpointing and adapters."""
+    layers, parts = net.attn_layers, []
+    per_block = layers.len_default_block
+    for index, block in enumerate(decoder_blocks(net)):
+        types = layers.layer_types[index * per_block : (index + 1) * per_block]
+        attn_norms, attn, _ = block[types.index("a")]
+        ff_norms, ff, _ = block[types.index("f")]
+        ff = unwrap_branch(ff)
+        parts.append(
+            (attn_norms[0], unwrap_branch(attn), ff_norms[0], getattr(ff, "feed_forward", ff))
+        )
+    return parts
+
+
+def aria_trunk(net: TransformerWrapper) -> tuple[nn.LayerNorm, int, int]:
+    """(final LayerNorm, heads, dim per head) of a net in Aria layout; `ValueError` otherwise."""
+    layers = net.attn_layers
+    if not isinstance(layers.final_norm, nn.LayerNorm) or not has_rotary(net):
+        raise ValueError("model is not in Aria layout: build it with aria_layout=True")
+    return layers.final_norm, layers.attn_heads, layers.attn_dim_head
+
+
+def glu_projections(feed_forward: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """A GLU feed-forward's [up; gate] input projection and its output projection."""
+    return feed_forward.ff[0].proj, feed_forward.ff[-1]
+
+
+def has_rotary(net: TransformerWrapper) -> bool:
+    """Whether `net` encodes positions by rotary embedding (else learned absolute ones)."""
+    return net.attn_layers.rotary_pos_emb is not None
+
+
+def logits_head(net: TransformerWrapper) -> nn.Linear:
+    """The output projection, hidden [.., D] -> logits [.., V] (no bias)."""
+    return net.to_logits
 
 
 def norm_modules(module: nn.Module) -> list[nn.Module]:

@@ -13,7 +13,7 @@ The names below are the public API; the rest of Staria imports them from here.
 """
 
 from staria.tokenizer.codec import MusicTokenizerWithStyle, PieceLimits
-from staria.tokenizer.midi_io import MidiReadError
+from staria.tokenizer.midi_io import MidiReadError, NoteTable, read_notes, scan_midi_files
 from staria.tokenizer.vocabulary import (
     COMPOSERS,
     END,
@@ -24,6 +24,8 @@ from staria.tokenizer.vocabulary import (
     SEGMENT_MS,
     TIME,
     TIME_STEP_MS,
+    UNKNOWN_ID,
+    VOCAB_SIZE,
     Token,
     TokenKind,
     TokenTable,
@@ -39,10 +41,15 @@ __all__ = [
     "SEGMENT_MS",
     "TIME",
     "TIME_STEP_MS",
+    "UNKNOWN_ID",
+    "VOCAB_SIZE",
     "MidiReadError",
     "MusicTokenizerWithStyle",
+    "NoteTable",
     "PieceLimits",
     "Token",
     "TokenKind",
     "TokenTable",
+    "read_notes",
+    "scan_midi_files",
 ]

@@ -6,6 +6,7 @@ The ids are `staria.tokenizer.vocabulary`'s. Tokenization works on whole arrays 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from staria.tokenizer.midi_io import (
     DRUM,
     DRUM_FAMILY_INDEX,
     FAMILIES,
-    PROGRAM_GROUP_FAMILIES,
     AriaNotes,
     MidiReadError,
     MidiSource,
@@ -352,11 +352,14 @@ class MusicTokenizerWithStyle:
         return notes, at
 
     def detokenize(self, tokens: list[Token]) -> pretty_midi.PrettyMIDI:
-        """A PrettyMIDI with one instrument per family present (drums on channel 10)."""
-        return notes_to_pretty_midi(self.ids_to_notes(np.asarray(self.encode(tokens))))
+        """A PrettyMIDI with one instrument per family present (drums on channel 10): the
+        file `write_midi` writes, parsed by pretty_midi."""
+        notes = self.ids_to_notes(np.asarray(self.encode(tokens)))
+        return pretty_midi.PrettyMIDI(io.BytesIO(notes_to_midi_bytes(notes)))
 
     def write_midi(self, tokens: list[Token], path: str | Path) -> None:
-        """Write what `detokenize(tokens).write(path)` would, without pretty_midi's cost.
+        """Write `tokens` as a MIDI file (`midi_io.notes_to_midi_bytes`: one track per family,
+        1 ms per tick), without pretty_midi's cost.
 
         Tokenizing the file gives `tokens` back, except where two notes of one family and
         pitch overlap: one MIDI channel cannot hold them apart, and the reader pairs them as
@@ -416,26 +419,3 @@ class MusicTokenizerWithStyle:
 
     def _ids(self, tokens: list[Token]) -> np.ndarray:
         return np.asarray(self.encode(tokens), dtype=np.int64)
-
-
-def notes_to_pretty_midi(notes: NoteTable) -> pretty_midi.PrettyMIDI:
-    """Write notes on a 1 ms tick grid (120 bpm, 500 ticks/beat) so token times survive."""
-    midi = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120.0)
-    for family_index in np.unique(notes.family):
-        family = FAMILIES[family_index]
-        is_drum = family == DRUM
-        program = 0 if is_drum else PROGRAM_GROUP_FAMILIES.index(family) * 8
-        instrument = pretty_midi.Instrument(program=program, is_drum=is_drum, name=family)
-        mine = notes.family == family_index
-        instrument.notes = [
-            pretty_midi.Note(velocity=int(v), pitch=int(p), start=s / 1000.0, end=e / 1000.0)
-            for v, p, s, e in zip(
-                notes.velocity[mine],
-                notes.pitch[mine],
-                notes.start_ms[mine],
-                notes.end_ms[mine],
-                strict=True,
-            )
-        ]
-        midi.instruments.append(instrument)
-    return midi

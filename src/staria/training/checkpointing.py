@@ -25,9 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import lightning.pytorch as pl
 import numpy as np
@@ -36,54 +34,14 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from staria.files import PARTIAL_SUFFIX, write_durably, write_json_atomic
 from staria.training import safe_loading
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "checkpoint_history.json"
 LAST_CHECKPOINT = "last.ckpt"
-PARTIAL_SUFFIX = ".partial"
 RUN_RECORD = "staria_run"  # checkpoint entry: {"run_id", "step", "value"}
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def partial_path(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: same folder, hidden."""
-    return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-
-
-def replace_atomically(partial: Path, path: Path) -> None:
-    """Rename a fully written `partial` onto `path` and make the rename durable."""
-    os.replace(partial, path)
-    _fsync_folder(path.parent)
-
-
-def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """`write(handle)` into `path`'s partial file, flushed to disk, then renamed into place:
-    readers, and a kill at any moment, see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
-    with open(partial, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    replace_atomically(partial, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_durably(path, lambda handle: handle.write(text.encode()))
-
-
-def write_json_atomic(path: Path, content: Any) -> None:
-    write_text_atomic(path, json.dumps(content, indent=2))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

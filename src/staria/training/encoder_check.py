@@ -22,9 +22,9 @@ from torch.nn import functional as F
 
 from staria.data.collate import pad_sequences
 from staria.data.datasets import PieceSource, SequenceSettings
+from staria.files import write_text_atomic
 from staria.models.encoder import SnippetEncoder
 from staria.statistics import wilson_interval
-from staria.training.checkpointing import write_text_atomic
 
 ENCODER_CHECK_FILE = "encoder_check.json"
 

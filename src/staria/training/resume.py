@@ -18,14 +18,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from staria.files import write_json_atomic, write_text_atomic
 from staria.training import safe_loading
-from staria.training.checkpointing import (
-    HISTORY_FILE,
-    LAST_CHECKPOINT,
-    CheckpointHistory,
-    write_json_atomic,
-    write_text_atomic,
-)
+from staria.training.checkpointing import HISTORY_FILE, LAST_CHECKPOINT, CheckpointHistory
 
 FINISHED_MARKER = "finished.json"
 RESOLVED_CONFIG = "config.yaml"

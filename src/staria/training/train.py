@@ -22,9 +22,10 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from staria.files import write_text_atomic
 from staria.models.xtransformers import compact_ids_in
 from staria.training import safe_loading
-from staria.training.checkpointing import HISTORY_FILE, write_text_atomic
+from staria.training.checkpointing import HISTORY_FILE
 from staria.training.config import (
     ConfigValueError,
     check_consistent,

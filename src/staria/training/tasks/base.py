@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from staria.data.datasets import IGNORE_INDEX
 from staria.models.xtransformers import CompactHead, use_compact_vocabulary
-from staria.tokenizer.vocabulary import UNKNOWN_ID
+from staria.tokenizer import UNKNOWN_ID
 from staria.training import safe_loading
 from staria.training.safe_loading import plain
 from staria.training.stages import StageSchedule
