@@ -14,9 +14,7 @@ import numpy as np
 import pretty_midi
 
 from staria.tokenizer.midi_io import (
-    DRUM,
     DRUM_FAMILY_INDEX,
-    FAMILIES,
     AriaNotes,
     MidiReadError,
     MidiSource,
@@ -26,24 +24,19 @@ from staria.tokenizer.midi_io import (
     source_name,
 )
 from staria.tokenizer.vocabulary import (
-    DIM,
     DRUM_PITCHES,
-    END,
-    FORMS,
     MAX_DUR_MS,
     MAX_VELOCITY,
-    PAD,
     PROMPT_END,
     PROMPT_START,
-    SECTION_LETTERS,
     SEGMENT_MS,
-    START,
-    TIME,
     TIME_STEP_MS,
-    UNKNOWN,
     VELOCITY_STEP,
     Token,
     build_vocabulary,
+    form_token,
+    section_token,
+    vocabulary_ids,
 )
 
 DIM_TOKEN_OFFSET = 100
@@ -96,20 +89,18 @@ class MusicTokenizerWithStyle:
     def __init__(self, limits: PieceLimits = PieceLimits()) -> None:
         self.limits = limits
         self.vocab: tuple[Token, ...] = build_vocabulary()
-        self.token_to_id: dict[Token, int] = {token: i for i, token in enumerate(self.vocab)}
-        self.pad_id = self.token_to_id[PAD]
-        self.bos_id = self.token_to_id[START]
-        self.eos_id = self.token_to_id[END]
-        self.dim_id = self.token_to_id[DIM]
-        self.time_id = self.token_to_id[TIME]
-        self.unknown_id = self.token_to_id[UNKNOWN]
+        self.vocabulary_ids = ids = vocabulary_ids()
+        self.token_to_id: dict[Token, int] = dict(ids.token_to_id)  # a dict: encode's hot path
+        self.pad_id, self.bos_id, self.eos_id = ids.pad, ids.bos, ids.eos
+        self.dim_id, self.time_id, self.unknown_id = ids.dim, ids.time, ids.unknown
         self.prompt_start = PROMPT_START
         self.prompt_end = PROMPT_END
-        self._prefix_base = self.token_to_id[("prefix", "instrument", FAMILIES[0])]
-        self._note_base = self.token_to_id[(FAMILIES[0], 0, 0)]
-        self._drum_base = self.token_to_id[(DRUM, DRUM_PITCHES[0])]
-        self._dur_base = self.token_to_id[("dur", 0)]
-        self._onset_base = self.token_to_id[("onset", 0)]
+        self._prefix_base, self._note_base, self._drum_base = (
+            ids.prefix_base,
+            ids.note_base,
+            ids.drum_base,
+        )
+        self._dur_base, self._onset_base = ids.dur_base, ids.onset_base
         self._velocity_levels = MAX_VELOCITY // VELOCITY_STEP + 1
         velocity_grid = range(0, MAX_VELOCITY + 1, VELOCITY_STEP)
         self._velocity_table = np.maximum(nearest_on_grid_table(127, velocity_grid), VELOCITY_STEP)
@@ -131,14 +122,10 @@ class MusicTokenizerWithStyle:
         return [self.vocab[i] for i in ids]
 
     def section_token(self, letter: str) -> str:
-        if letter not in SECTION_LETTERS:
-            raise ValueError(f"section letter {letter!r} is not one of {SECTION_LETTERS}")
-        return f"<{letter}_SECTION>"
+        return section_token(letter)
 
     def form_token(self, form: str) -> str:
-        if form not in FORMS:
-            raise ValueError(f"form {form!r} is not one of {FORMS}")
-        return f"<{form}>"
+        return form_token(form)
 
     def body_start(self, ids: np.ndarray) -> int:
         """Index just after the first `<S>` of `ids`: the instrument prefix (and a form token)
@@ -151,31 +138,23 @@ class MusicTokenizerWithStyle:
     @property
     def section_ids(self) -> dict[str, int]:
         """The id of each section letter's token: {"A": id of `<A_SECTION>`, ...}."""
-        return {letter: self.token_to_id[self.section_token(letter)] for letter in SECTION_LETTERS}
+        return dict(self.vocabulary_ids.section_ids)
 
     @property
     def note_length(self) -> np.ndarray:
-        """Tokens per note that starts at each id [V] (int64): 3 for a pitched note (note,
-        onset, dur), 2 for a drum hit (drum, onset), 0 for an id that starts no note."""
-        length = np.zeros(self.vocab_size(), dtype=np.int64)
-        length[self._note_base : self._drum_base] = 3
-        length[self._drum_base : self._dur_base] = 2
-        return length
+        """Tokens per note that starts at each id [V] (`VocabularyIds.note_length`)."""
+        return self.vocabulary_ids.note_length(self.vocab_size())
 
     @property
     def structure_token_ids(self) -> tuple[int, ...]:
         """Ids of the section and form tokens: the structure a classifier must not be shown."""
-        tokens = [self.section_token(letter) for letter in SECTION_LETTERS]
-        return tuple(self.encode(tokens + [self.form_token(form) for form in FORMS]))
+        return self.vocabulary_ids.structure_ids
 
     @property
     def staria_token_ids(self) -> tuple[int, ...]:
-        """Ids of the 15 tokens Staria adds after Aria's vocabulary: sections A-D, the prompt
-        markers and the 9 forms, in that order (the last 15 ids)."""
-        tokens = [self.section_token(letter) for letter in SECTION_LETTERS]
-        tokens += [self.prompt_start, self.prompt_end]
-        tokens += [self.form_token(form) for form in FORMS]
-        return tuple(self.encode(tokens))
+        """Ids of the 15 tokens Staria adds after Aria's vocabulary (`STARIA_TOKENS`): sections
+        A-D, the prompt markers and the 9 forms, in that order (the last 15 ids)."""
+        return self.vocabulary_ids.staria_ids
 
     def tokenize(
         self, midi: MidiSource, add_dim_tok: bool = False, add_eos_tok: bool = True
@@ -304,7 +283,9 @@ class MusicTokenizerWithStyle:
         is_pitched = (ids >= self._note_base) & (ids < self._drum_base)
         is_drum = ((ids >= self._drum_base) & (ids < self._dur_base)) | (ids == self.unknown_id)
         padded = np.concatenate([ids, [self.pad_id, self.pad_id]])
-        onset_next = (padded[1:-1] >= self._onset_base) & (padded[1:-1] < self._onset_base + 500)
+        onset_next = (padded[1:-1] >= self._onset_base) & (
+            padded[1:-1] < self._onset_base + self.vocabulary_ids.onset_count
+        )
         dur_after = (padded[2:] >= self._dur_base) & (padded[2:] < self._onset_base)
         at = np.flatnonzero((is_pitched & onset_next & dur_after) | (is_drum & onset_next))
         onset_ms = segment[at] * SEGMENT_MS + (ids[at + 1] - self._onset_base) * TIME_STEP_MS

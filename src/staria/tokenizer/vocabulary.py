@@ -9,9 +9,11 @@ kind and value as arrays, for code that reads ids in bulk (evaluation, classifie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +37,13 @@ GENRES = ("jazz", "classical")
 SECTION_LETTERS = ("A", "B", "C", "D")
 FORMS = ("A", "AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
 PROMPT_START, PROMPT_END = "<PROMPT_START>", "<PROMPT_END>"
+# The 15 tokens Staria adds after Aria's vocabulary, in id order.
+STARIA_TOKENS = (
+    *(f"<{letter}_SECTION>" for letter in SECTION_LETTERS),
+    PROMPT_START,
+    PROMPT_END,
+    *(f"<{form}>" for form in FORMS),
+)
 
 TIME_STEP_MS = 10
 SEGMENT_MS = 5000
@@ -42,6 +51,20 @@ MAX_DUR_MS = 5000
 VELOCITY_STEP = 10
 MAX_VELOCITY = 120
 DRUM_PITCHES = range(35, 82)
+
+
+def section_token(letter: str) -> str:
+    """`<A_SECTION>` for "A"; `ValueError` for a letter outside `SECTION_LETTERS`."""
+    if letter not in SECTION_LETTERS:
+        raise ValueError(f"section letter {letter!r} is not one of {SECTION_LETTERS}")
+    return f"<{letter}_SECTION>"
+
+
+def form_token(form: str) -> str:
+    """`<ABA>` for "ABA"; `ValueError` for a form outside `FORMS`."""
+    if form not in FORMS:
+        raise ValueError(f"form {form!r} is not one of {FORMS}")
+    return f"<{form}>"
 
 
 def build_vocabulary() -> tuple[Token, ...]:
@@ -61,10 +84,7 @@ def build_vocabulary() -> tuple[Token, ...]:
         *((DRUM, pitch) for pitch in DRUM_PITCHES),
         *(("dur", ms) for ms in range(0, MAX_DUR_MS + 1, TIME_STEP_MS)),
         *(("onset", ms) for ms in range(0, SEGMENT_MS, TIME_STEP_MS)),
-        *(f"<{letter}_SECTION>" for letter in SECTION_LETTERS),
-        PROMPT_START,
-        PROMPT_END,
-        *(f"<{form}>" for form in FORMS),
+        *STARIA_TOKENS,
     )
 
 
@@ -72,6 +92,70 @@ VOCAB_SIZE: int = len(build_vocabulary())
 """17,742: Aria's 17,727 ids and Staria's 15; every network's default `num_tokens`."""
 UNKNOWN_ID: int = SPECIAL_TOKENS.index(UNKNOWN)
 """3: `<U>`, what an id outside a compact vocabulary reads as."""
+
+
+@dataclass(frozen=True)
+class VocabularyIds:
+    """Every id and id range the codec and the rest of Staria compute with.
+
+    Contiguous ranges, each `[base, next base)`: instrument prefixes from `prefix_base`,
+    pitched notes (family, pitch, velocity) from `note_base`, drums from `drum_base`,
+    durations from `dur_base`, onsets from `onset_base` (`onset_count` of them).
+    """
+
+    token_to_id: Mapping[Token, int]
+    pad: int
+    bos: int
+    eos: int
+    dim: int
+    time: int
+    unknown: int
+    prefix_base: int
+    note_base: int
+    drum_base: int
+    dur_base: int
+    onset_base: int
+    onset_count: int
+    section_ids: Mapping[str, int]  # {"A": id of <A_SECTION>, ...}
+    # the section and form tokens: the structure a classifier must not be shown
+    structure_ids: tuple[int, ...]
+    staria_ids: tuple[int, ...]  # STARIA_TOKENS' ids, the last 15
+
+    def note_length(self, vocab_size: int) -> np.ndarray:
+        """Tokens per note that starts at each id [vocab_size] (int64): 3 for a pitched note
+        (note, onset, dur), 2 for a drum hit (drum, onset), 0 for an id that starts no note."""
+        length = np.zeros(vocab_size, dtype=np.int64)
+        length[self.note_base : self.drum_base] = 3
+        length[self.drum_base : self.dur_base] = 2
+        return length
+
+
+@cache
+def vocabulary_ids() -> VocabularyIds:
+    """The ids of `build_vocabulary()`, computed once per process (read-only afterwards)."""
+    vocab = build_vocabulary()
+    token_to_id = {token: i for i, token in enumerate(vocab)}
+    ids = token_to_id.__getitem__
+    sections = tuple(ids(section_token(letter)) for letter in SECTION_LETTERS)
+    forms = tuple(ids(form_token(form)) for form in FORMS)
+    return VocabularyIds(
+        token_to_id=MappingProxyType(token_to_id),
+        pad=ids(PAD),
+        bos=ids(START),
+        eos=ids(END),
+        dim=ids(DIM),
+        time=ids(TIME),
+        unknown=ids(UNKNOWN),
+        prefix_base=ids(("prefix", "instrument", FAMILIES[0])),
+        note_base=ids((FAMILIES[0], 0, 0)),
+        drum_base=ids((DRUM, DRUM_PITCHES[0])),
+        dur_base=ids(("dur", 0)),
+        onset_base=ids(("onset", 0)),
+        onset_count=SEGMENT_MS // TIME_STEP_MS,
+        section_ids=MappingProxyType(dict(zip(SECTION_LETTERS, sections, strict=True))),
+        structure_ids=sections + forms,
+        staria_ids=tuple(ids(token) for token in STARIA_TOKENS),
+    )
 
 
 class TokenKind(IntEnum):
@@ -101,8 +185,8 @@ class TokenTable:
         value = np.zeros(len(vocab), dtype=np.int64)
         family = np.zeros(len(vocab), dtype=np.int64)
         velocity = np.zeros(len(vocab), dtype=np.int64)
-        sections = {f"<{letter}_SECTION>": i for i, letter in enumerate(SECTION_LETTERS)}
-        forms = {f"<{form}>" for form in FORMS}
+        sections = {section_token(letter): i for i, letter in enumerate(SECTION_LETTERS)}
+        forms = {form_token(form) for form in FORMS}
         for token_id, token in enumerate(vocab):
             if isinstance(token, tuple) and len(token) == 3 and token[0] in FAMILIES:
                 kind[token_id], value[token_id] = TokenKind.NOTE, token[1]
