@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -58,49 +59,71 @@ def tokenize_all(files: list[Path]) -> None:
             tokenizer.tokenize_ids(path)
 
 
+def index_pair(corpora, cache: Path, label: str, workers: int):
+    """((CPU s, wall s) of indexing corpus A, (CPU s, wall s) of A + B), fresh caches."""
+    return tuple(
+        measured(
+            lambda n=count: build_index(
+                list(corpora[:n]), cache, IndexSettings(name=f"{label}_{n}"), workers=workers
+            )
+        )
+        for count in (1, 2)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=30, help="copies in each corpus")
+    parser.add_argument("--repeats", type=int, default=20, help="copies in each corpus")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     args = parser.parse_args()
-    rows: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
+    anchor = "tokenize alone, in-process (anchor)"
+    names = [anchor] + [f"staria-data index, {n} worker(s)" for n in sorted({1, 2, _cores()})]
+    rows: dict[str, list[tuple[tuple[float, float], tuple[float, float]]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as temp:
         first = make_corpus(Path(temp) / "a", range(args.repeats))
         second = make_corpus(Path(temp) / "b", range(args.repeats, 2 * args.repeats))
         tokenize_all(first[:1])  # the first use compiles the reader: not timed
-        anchor = "tokenize alone, in-process (anchor)"
-        rows[anchor] = (
-            measured(lambda: tokenize_all(first)),
-            measured(lambda: tokenize_all(first + second)),
-        )
         cache, corpora = Path(temp) / "cache", (first[0].parent, second[0].parent)
-        for workers in sorted({1, 2, os.cpu_count() or 1}):
-            rows[f"staria-data index, {workers} worker(s)"] = tuple(
-                measured(
-                    lambda n=count, w=workers: build_index(
-                        list(corpora[:n]), cache, IndexSettings(name=f"bench{w}_{n}"), workers=w
-                    )
+        for round_index in range(args.rounds):
+            rows[anchor].append(
+                (
+                    measured(lambda: tokenize_all(first)),
+                    measured(lambda: tokenize_all(first + second)),
                 )
-                for count in (1, 2)
             )
+            for name, workers in zip(names[1:], sorted({1, 2, _cores()}), strict=True):
+                label = f"bench{round_index}_{workers}"
+                rows[name].append(index_pair(corpora, cache, label, workers))
     added = len(second)
 
-    def marginal(name: str) -> tuple[float, float]:
-        (cpu_a, wall_a), (cpu_ab, wall_ab) = rows[name]
-        return (cpu_ab - cpu_a) / added, (wall_ab - wall_a) / added
+    def marginal(run) -> tuple[float, float, float]:
+        """(CPU s, wall s) per added file and the fixed CPU s of one (A, A + B) pair."""
+        (cpu_a, wall_a), (cpu_ab, wall_ab) = run
+        cpu, wall = (cpu_ab - cpu_a) / added, (wall_ab - wall_a) / added
+        return cpu, wall, cpu_a - len(first) * cpu
 
-    anchor_cpu, anchor_wall = marginal(anchor)
+    anchor_cpu = statistics.median(marginal(run)[0] for run in rows[anchor])
+    anchor_wall = statistics.median(marginal(run)[1] for run in rows[anchor])
     print(
         f"{len(first)} files, then {len(first) + added}: the marginal cost of the {added} added "
-        "files, against the anchor (goal: index <= 1.3x per CPU-s), and the fixed start-up"
+        f"files against the anchor (goal: index <= 1.3x per CPU-s), medians of {args.rounds} "
+        "alternating rounds [range], and the fixed start-up"
     )
-    for name, ((cpu_a, _), _) in rows.items():
-        cpu, wall = marginal(name)
-        fixed = cpu_a - len(first) * cpu
+    for name in names:
+        costs = [marginal(run) for run in rows[name]]
+        cpu = statistics.median(c for c, _, _ in costs)
+        wall = statistics.median(w for _, w, _ in costs)
+        ratios = sorted(c / anchor_cpu for c, _, _ in costs)
+        fixed = statistics.median(f for _, _, f in costs)
         print(
-            f"  {name:38s} {1 / cpu:7.0f} files/CPU-s ({cpu / anchor_cpu:4.2f}x)  "
-            f"{1 / wall:7.0f} files/wall-s ({wall / anchor_wall:4.2f}x)  "
-            f"start-up {fixed:5.2f} CPU-s"
+            f"  {name:38s} {1 / cpu:7.0f} files/CPU-s ({cpu / anchor_cpu:4.2f}x "
+            f"[{ratios[0]:4.2f}, {ratios[-1]:4.2f}])  {1 / wall:7.0f} files/wall-s "
+            f"({wall / anchor_wall:4.2f}x)  start-up {fixed:5.2f} CPU-s"
         )
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

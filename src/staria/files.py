@@ -67,6 +67,9 @@ def write_text_atomic(path: Path, text: str, unique: bool = False) -> None:
     write_durably(path, lambda handle: handle.write(text.encode()), unique)
 
 
-def write_json_atomic(path: Path, content: Any, unique: bool = False) -> None:
-    """`content` as indented JSON into `path`, durably (`write_durably`)."""
-    write_text_atomic(path, json.dumps(content, indent=2), unique)
+def write_json_atomic(
+    path: Path, content: Any, unique: bool = False, indent: int | None = 2
+) -> None:
+    """`content` as JSON into `path`, durably (`write_durably`); `indent=None` for files only
+    programs read (compact, and written by json's C encoder, several times faster)."""
+    write_text_atomic(path, json.dumps(content, indent=indent), unique)

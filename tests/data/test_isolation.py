@@ -30,6 +30,8 @@ def _work(offset, item):
         os._exit(3)
     if item == "pid":
         return os.getpid()
+    if item == "huge":  # fits the cap, but pickling it for the pipe does not
+        return b"x" * (160 * 2**20)
     return item + offset
 
 
@@ -53,6 +55,41 @@ def test_each_failure_costs_its_item_only_and_the_rest_finish():
     assert reasons["hang"].reason == "timed out after 5 s"
     assert reasons["memory"].reason.startswith("MemoryError")
     assert reasons["exit"].reason == "worker exited with code 3"
+
+
+EXPECTED_REASONS = {
+    "raise": "ValueError: bad item",
+    "segfault": "worker killed by SIGSEGV",
+    "exit": "worker exited with code 3",
+    "hang": "timed out after 1 s",
+    "memory": "MemoryError: ",
+    "huge": "MemoryError: result too large to return",
+}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_any_order_of_failures_costs_exactly_the_failing_items(seed):
+    """Workers hold two items at once: a failure must be blamed on the item being worked on,
+    and the one waiting behind it handed on, whatever runs of failures come in a row."""
+    rng = np.random.default_rng(seed)
+    kinds = ["raise", "segfault", "exit", "memory", "huge"]
+    hostile = list(rng.choice(kinds, size=6)) + ["hang"] * (seed == 0)
+    items = [*range(8), *hostile]
+    rng.shuffle(items)
+    items = [item if isinstance(item, str) else int(item) for item in items]
+    limits = WorkerLimits(timeout_s=1, memory_mib=256)
+    workers = 1 + seed % 3
+    outcomes = dict(map_isolated(_work, items, workers=workers, limits=limits, setup=_offset))
+    assert sorted(outcomes) == list(range(len(items)))
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            expected = EXPECTED_REASONS[item]
+            if item == "memory":  # the exception's text is numpy's
+                assert outcomes[position].reason.startswith(expected), (position, items)
+            else:
+                assert outcomes[position] == ItemFailure(expected), (position, items)
+        else:
+            assert outcomes[position] == item + 1000, (position, items)
 
 
 def test_closing_early_kills_the_workers():

@@ -20,7 +20,6 @@ from staria.data.preprocess import (
 )
 from staria.data.slurm_index import cluster_launcher_settings, submit_index
 from staria.data.synthetic import SOURCES, SynthesisConfig, synthesize
-from staria.tokenizer import scan_midi_files
 
 
 def _add_typed(
@@ -210,9 +209,8 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         )
         return
     else:
-        total = len(scan_midi_files(sources, args.limit))
         with Progress(console=console) as progress:
-            task = progress.add_task("tokenizing", total=total)
+            task = progress.add_task("tokenizing", total=None)
             result = build_index(
                 sources,
                 args.cache_dir,
@@ -221,7 +219,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
                 chunk_size=args.chunk_size,
                 shard_index=args.shard_index,
                 num_shards=args.num_shards,
-                progress=lambda count: progress.advance(task, count),
+                progress=lambda count, total: progress.update(task, total=total, advance=count),
                 worker_limits=WorkerLimits(args.file_timeout_s, args.file_memory_mib),
             )
         if result is None:

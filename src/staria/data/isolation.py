@@ -6,6 +6,12 @@ the worker may add to what it held when it started; an item that raises, crashes
 overruns its deadline or its memory is reported as an `ItemFailure` with the reason, the
 worker is replaced, and the other items go on. Workers die with the process that started
 them (Linux: a parent-death signal), so killing a run never leaves them working.
+
+Items travel in batches and their results come back a batch at a time (or every
+`_FLUSH_S`), so the per-item cost of the pipe and of waking the parent is shared. Which item
+a worker is on, and since when, sits in a small shared array the parent reads only when a
+deadline passes or a worker dies: that item is the one that failed; the others of its
+batches, done or not, go to the next worker.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _START_ATTEMPTS = 3  # fresh workers tried before the pool gives up on starting any
+_BATCH = 16  # items per message at most (fewer when few are left, to keep every worker busy)
+_FLUSH_S = 0.1  # a worker sends what it has done at least this often
+_FLUSH_BYTES = 2**20  # and as soon as its results hold this much
 
 
 @dataclass(frozen=True)
@@ -73,29 +82,71 @@ def _cap_address_space(extra_mib: int) -> None:
 
 def _serve(
     connection: Connection,
+    progress: Any,
     setup: Callable[[], Any] | None,
     function: Callable[[Any, Any], Any],
     memory_mib: int,
 ) -> None:
-    """Worker loop: receive (index, item), send (index, ok, result or reason) until None."""
+    """Worker loop: receive batches of (index, item), send lists of (index, ok, result or
+    reason) until the pipe closes; `progress` holds [index being worked on or -1, its start
+    on the monotonic clock]."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     state = setup() if setup is not None else None
     _cap_address_space(memory_mib)
     while True:
         try:
-            message = connection.recv()
+            batch = connection.recv()
         except EOFError:  # the parent went away
             return
-        index, item = message
+        replies, held, sent_at = [], 0, time.monotonic()
+        for index, item in batch:
+            progress[1] = time.monotonic()  # the start first: the parent reads index, start
+            progress[0] = index
+            replies.append(_reply(function, state, index, item))
+            held += _result_bytes(replies[-1][2])
+            # Held results count against the next item's memory cap: sent when they are big.
+            if held > _FLUSH_BYTES or time.monotonic() - sent_at > _FLUSH_S:
+                _send(connection, replies)
+                replies, held, sent_at = [], 0, time.monotonic()
+        _send(connection, replies)
+        progress[0] = -1
+
+
+def _reply(function: Callable[[Any, Any], Any], state: Any, index: int, item: Any) -> tuple:
+    """(index, True, result), or (index, False, reason) when the item raised: one item's
+    failure, whatever it is, is that item's result. No reference to the result stays here."""
+    try:
+        return index, True, function(state, item)
+    except Exception as error:
+        return index, False, f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+
+
+def _result_bytes(value: Any) -> int:
+    """Bytes a result holds in arrays and byte strings (inside tuples and lists): an estimate
+    that leaves out small Python objects."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    if isinstance(value, tuple | list):
+        return sum(_result_bytes(part) for part in value)
+    return int(getattr(value, "nbytes", 0))
+
+
+def _send(connection: Connection, replies: list[tuple]) -> None:
+    """Send the replies in one message, or one by one if together they cannot be pickled in
+    the memory the worker has (an item whose own result cannot is reported as such)."""
+    if not replies:
+        return
+    try:
+        connection.send(replies)
+        return
+    except MemoryError:
+        pass
+    for index, ok, result in replies:
         try:
-            reply = (index, True, function(state, item))
-        except Exception as error:  # one item's failure, whatever it is, is that item's result
-            reply = (index, False, f"{type(error).__name__}: {getattr(error, 'reason', error)}")
-        try:
-            connection.send(reply)
+            connection.send([(index, ok, result)])
         except MemoryError:
-            connection.send((index, False, "MemoryError: result too large to return"))
+            connection.send([(index, False, "MemoryError: result too large to return")])
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -108,28 +159,55 @@ def _describe_exit(exitcode: int | None) -> str:
 
 
 class _Worker:
-    """One worker process, its end of the pipe, and the item it is working on."""
+    """One worker process, its end of the pipe, the items handed to it (oldest first) and the
+    shared [item index, start] it updates as it goes."""
 
     def __init__(
         self, context: Any, setup: Callable | None, function: Callable, memory_mib: int
     ) -> None:
         self.connection, child = context.Pipe()
+        self.progress = context.RawArray("d", [-1.0, 0.0])
         self.process = context.Process(
-            target=_serve, args=(child, setup, function, memory_mib), daemon=True
+            target=_serve,
+            args=(child, self.progress, setup, function, memory_mib),
+            daemon=True,
         )
         self.process.start()
         child.close()
-        self.index: int | None = None
-        self.deadline = 0.0
+        self.in_flight: deque[tuple[int, Any]] = deque()
+        self.heard_at = 0.0  # when it last took work while idle, or last replied
 
-    def give(self, index: int, item: Any, timeout_s: float) -> bool:
-        """Hand over an item; False if the worker is gone (it died after its last reply)."""
+    def give(self, batch: list[tuple[int, Any]]) -> bool:
+        """Hand over a batch; False if the worker is gone (it died after its last reply)."""
         try:
-            self.connection.send((index, item))
+            self.connection.send(batch)
         except OSError:
             return False
-        self.index, self.deadline = index, time.monotonic() + timeout_s
+        if not self.in_flight:
+            self.heard_at = time.monotonic()
+        self.in_flight.extend(batch)
         return True
+
+    def took(self, index: int) -> None:
+        """The reply for the oldest item came."""
+        given, _ = self.in_flight.popleft()
+        assert given == index, f"worker replied for item {index}, expected {given}"
+        self.heard_at = time.monotonic()
+
+    def current(self) -> tuple[int | None, float]:
+        """The item it is working on (None: between items) and since when."""
+        while True:
+            index, start = self.progress[0], self.progress[1]
+            if self.progress[0] == index:  # not torn by a write in between
+                break
+        if index < 0 or not any(given == index for given, _ in self.in_flight):
+            return None, self.heard_at
+        return int(index), max(start, self.heard_at)
+
+    def culprit(self) -> int:
+        """The item to blame for a crash or overrun: the one it is on, else the oldest."""
+        index, _ = self.current()
+        return self.in_flight[0][0] if index is None else index
 
     def stop(self) -> None:
         """Kill the worker (it holds nothing worth saving) and reap it."""
@@ -165,47 +243,61 @@ def map_isolated(
     try:
         while True:
             for slot, worker in enumerate(pool):
-                if worker.index is None and pending:
-                    index, item = pending.popleft()
-                    for _ in range(_START_ATTEMPTS):
-                        if worker.give(index, item, limits.timeout_s):
-                            break
-                        worker.stop()
-                        pool[slot] = worker = _Worker(context, setup, function, limits.memory_mib)
-                    else:
+                attempts = 0
+                # Up to two batches at once: it starts the next while the parent takes in one.
+                while pending and len(worker.in_flight) <= _BATCH:
+                    size = max(1, min(_BATCH, len(pending) // (2 * len(pool))))
+                    batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+                    if worker.give(batch):
+                        continue
+                    pending.extendleft(reversed(batch))
+                    if worker.in_flight:  # it died holding work: reported below
+                        break
+                    attempts += 1
+                    if attempts == _START_ATTEMPTS:
                         code = worker.process.exitcode
                         raise RuntimeError(f"workers exit before taking work (exit code {code})")
-            busy = [worker for worker in pool if worker.index is not None]
+                    worker.stop()
+                    pool[slot] = worker = _Worker(context, setup, function, limits.memory_mib)
+            busy = [worker for worker in pool if worker.in_flight]
             if not busy:
                 return
-            timeout = max(0.0, min(worker.deadline for worker in busy) - time.monotonic())
+            deadline = min(worker.current()[1] for worker in busy) + limits.timeout_s
             ready = set(
-                wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout)
+                wait(
+                    [w.connection for w in busy] + [w.process.sentinel for w in busy],
+                    max(0.0, deadline - time.monotonic()),
+                )
             )
             for slot, worker in enumerate(pool):
-                if worker.index is None:
+                if not worker.in_flight:
                     continue
                 failure = None
                 if worker.connection in ready:
                     try:
-                        index, ok, result = worker.connection.recv()
+                        replies = worker.connection.recv()
                     except (EOFError, OSError):
                         worker.process.join()
                         failure = _describe_exit(worker.process.exitcode)
                     else:
-                        worker.index = None
-                        yield index, result if ok else ItemFailure(result)
+                        for index, ok, result in replies:
+                            worker.took(index)
+                            yield index, result if ok else ItemFailure(result)
                         continue
                 elif worker.process.sentinel in ready:
                     worker.process.join()
                     failure = _describe_exit(worker.process.exitcode)
-                elif time.monotonic() >= worker.deadline:
+                elif time.monotonic() >= worker.current()[1] + limits.timeout_s:
                     failure = f"timed out after {limits.timeout_s:g} s"
                 if failure is not None:
-                    index = worker.index
+                    culprit = worker.culprit()
+                    # The rest of its items, done or not, go first to the next worker.
+                    pending.extendleft(
+                        reversed([entry for entry in worker.in_flight if entry[0] != culprit])
+                    )
                     worker.stop()
                     pool[slot] = _Worker(context, setup, function, limits.memory_mib)
-                    yield index, ItemFailure(failure)
+                    yield culprit, ItemFailure(failure)
     finally:
         for worker in pool:
             worker.stop()

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits, read_notes, s
 
 INDEX_FORMAT_VERSION = 2
 FILES_PER_WORKER = 64
+CHUNK_SUFFIX = ".bin"  # a chunk's token and section ids (`_write_chunk`)
 
 
 class UnsafeLegacyCacheError(PermissionError):
@@ -126,20 +128,19 @@ def _file_indexer(settings: IndexSettings) -> tuple[TokenLayout, bool]:
 
 def _index_file(
     indexer: tuple[TokenLayout, bool], path: str
-) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Record, token ids (uint16) and section ids of one file; raises on any unusable input."""
+) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """Record, token ids (uint16) and section ids of one file (None: unlabelled, all
+    `NO_SECTION`, so they need not cross the pipe); raises on any unusable input."""
     layout, use_labels = indexer
     data = Path(path).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
-    notes, cropped = layout.tokenizer.fit_to_limits(read_notes(data), path)
-    ids = layout.tokenizer.notes_to_ids(notes)
+    ids, notes, cropped = layout.tokenizer.ids_within_limits(read_notes(data), path)
     label_file = labels_path(Path(path))
     record = {"path": path, "sha256": sha256, "form": None, "style": None, "split": None}
     if cropped:
         record["cropped"] = cropped
-    if not (use_labels and label_file.is_file()):
-        section_ids = np.full(len(ids), NO_SECTION, dtype=np.uint8)
-    else:
+    section_ids = None
+    if use_labels and label_file.is_file():
         labels = PieceLabels.load(label_file)
         sequence = layout.labelled_sequence(ids, notes.start_ms / 1000.0, labels)
         record.update(form=labels.form, style=labels.style, split=labels.split)
@@ -150,18 +151,36 @@ def _index_file(
 
 
 def _write_chunk(work_dir: Path, chunk_id: int, results: list[tuple]) -> None:
-    """`chunk-<id>.npz` then `.json` (the chunk's completion marker), each renamed into place."""
+    """`chunk-<id>.bin` (every kept file's token ids as uint16, then their section ids as
+    uint8, in file order) then `.json` (the records, whose `num_tokens` give the lengths; the
+    chunk's completion marker), each renamed into place."""
     records = [record for record, _, _ in results]
-    token_parts = [ids for _, ids, _ in results if ids is not None]
-    section_parts = [sections for _, _, sections in results if sections is not None]
-    empty = np.zeros(0, dtype=np.uint16)
+    kept = [(ids, sections) for _, ids, sections in results if ids is not None]
+
+    def write(handle: BinaryIO) -> None:
+        for ids, _ in kept:
+            handle.write(np.ascontiguousarray(ids, np.uint16).data)
+        for ids, sections in kept:
+            if sections is None:
+                sections = np.full(len(ids), NO_SECTION, np.uint8)
+            handle.write(np.ascontiguousarray(sections, np.uint8).data)
+
     stem = work_dir / f"chunk-{chunk_id:06d}"
-    arrays = {
-        "tokens": np.concatenate(token_parts) if token_parts else empty,
-        "section_ids": np.concatenate(section_parts) if section_parts else empty.astype(np.uint8),
-    }
-    write_durably(stem.with_suffix(".npz"), lambda handle: np.savez(handle, **arrays), unique=True)
-    write_json_atomic(stem.with_suffix(".json"), records, unique=True)
+    write_durably(stem.with_suffix(CHUNK_SUFFIX), write, unique=True)
+    write_json_atomic(stem.with_suffix(".json"), records, unique=True, indent=None)
+
+
+def _chunk_done(work_dir: Path, chunk_id: int) -> bool:
+    """Whether the chunk's tokens and its completion marker are both in place."""
+    stem = work_dir / f"chunk-{chunk_id:06d}"
+    return stem.with_suffix(".json").is_file() and stem.with_suffix(CHUNK_SUFFIX).is_file()
+
+
+def _read_chunk(stem: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's token ids and section ids, each as one array over its kept files."""
+    raw = np.fromfile(stem.with_suffix(CHUNK_SUFFIX), dtype=np.uint8)
+    count = len(raw) // 3  # 2 bytes of token id and 1 of section id per token
+    return raw[: 2 * count].view(np.uint16), raw[2 * count :]
 
 
 def _chunks(files: Sequence[Path], chunk_size: int) -> list[list[str]]:
@@ -174,7 +193,7 @@ def _run_chunks(
     settings: IndexSettings,
     workers: int,
     worker_limits: WorkerLimits,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int, int], None] | None,
 ) -> int:
     """Tokenize the chunks' files in isolated workers, writing each chunk once all its files
     are done (a failed file becomes an error record); returns the number of files done."""
@@ -200,7 +219,7 @@ def _run_chunks(
                 _write_chunk(work_dir, chunk_id, [finished[p] for p in sorted(finished)])
                 done += sizes[chunk_id]
                 if progress:
-                    progress(sizes[chunk_id])
+                    progress(sizes[chunk_id], len(files))
     return done
 
 
@@ -221,7 +240,7 @@ def build_index(
     chunk_size: int = 64,
     shard_index: int = 0,
     num_shards: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     worker_limits: WorkerLimits | None = None,
 ) -> IndexResult | None:
     """Index MIDI under `sources` into `cache_root`, reusing a complete cache of the same inputs.
@@ -229,6 +248,8 @@ def build_index(
     With `num_shards > 1` this process only tokenizes chunks `shard_index::num_shards` and
     returns None; `merge_index` (run once all shards finished) writes the splits. Each file
     gets at most `worker_limits` of time and memory; `workers` processes (default: all cores).
+    `progress(files, total)` is called with 0 and the number of files to tokenize when the
+    work starts, then with each finished chunk's file count.
     """
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} outside [0, num_shards={num_shards})")
@@ -248,13 +269,14 @@ def build_index(
         todo = [
             (chunk_id, paths)
             for chunk_id, paths in enumerate(chunks)
-            if chunk_id % num_shards == shard_index
-            and not (work_dir / f"chunk-{chunk_id:06d}.json").is_file()
+            if chunk_id % num_shards == shard_index and not _chunk_done(work_dir, chunk_id)
         ]
         # A worker costs about a CPU-second to start: one per FILES_PER_WORKER files at most.
         num_files = sum(len(paths) for _, paths in todo)
         workers = min(workers or os.cpu_count() or 1, -(-num_files // FILES_PER_WORKER))
         limits = worker_limits or WorkerLimits()
+        if progress:
+            progress(0, num_files)
         tokenized = _run_chunks(todo, work_dir, settings, workers, limits, progress)
         if num_shards > 1:
             return None
@@ -323,7 +345,7 @@ def _merge_chunks(
         )
     num_chunks = json.loads(plan_path.read_text())["num_chunks"]
     chunk_stems = [work_dir / f"chunk-{i:06d}" for i in range(num_chunks)]
-    missing = [s.name for s in chunk_stems if not s.with_suffix(".json").is_file()]
+    missing = [s.name for i, s in enumerate(chunk_stems) if not _chunk_done(work_dir, i)]
     if missing:
         raise IncompleteIndexError(
             f"{work_dir}: {len(missing)} of {num_chunks} chunks unfinished (first: {missing[0]}); "
@@ -334,8 +356,7 @@ def _merge_chunks(
         for chunk_stem, kept in zip(chunk_stems, plan.kept_per_chunk, strict=True):
             if not kept:
                 continue
-            with np.load(chunk_stem.with_suffix(".npz")) as arrays:
-                tokens, section_ids = arrays["tokens"], arrays["section_ids"]
+            tokens, section_ids = _read_chunk(chunk_stem)
             for record, start, split in kept:
                 end = start + record["num_tokens"]
                 writers.append(split, record, tokens[start:end], section_ids[start:end])
@@ -469,6 +490,7 @@ class _SplitWriters:
                     "num_tokens": self.cursor[split],
                     "pieces": self.pieces[split],
                 },
+                indent=None,
             )
             (temp / COMPLETE_MARKER).write_text("complete\n")
         for split, temp in self.temp_dirs.items():

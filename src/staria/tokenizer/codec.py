@@ -174,16 +174,24 @@ class MusicTokenizerWithStyle:
             read_notes(midi), add_dim_tok, add_eos_tok, limits_name=source_name(midi)
         )
 
-    def fit_to_limits(self, notes: NoteTable, name: str) -> tuple[NoteTable, str | None]:
-        """`notes` within `self.limits` and, if some were cropped, what was cut.
+    def ids_within_limits(
+        self, notes: NoteTable, name: str, add_dim_tok: bool = False, add_eos_tok: bool = True
+    ) -> tuple[np.ndarray, NoteTable, str | None]:
+        """Token ids of `notes` within `self.limits`, the notes they hold, and what was cut
+        (None: every note fits).
 
-        Costs one pass over the notes; `MidiReadError` (naming `name`) when over a limit
-        without `crop`, so nothing the size of an oversized piece is ever allocated.
+        One pass over the notes decides the fit and makes the ids; `MidiReadError` (naming
+        `name`) when over a limit without `crop`, so nothing the size of an oversized piece is
+        ever allocated.
         """
-        onset_abs, _ = self._onsets_and_durations(notes)
+        onset_abs, raw_duration = self._onsets_and_durations(notes)
         ends = np.cumsum(self._note_token_lengths(notes, onset_abs))
         kept, cut = self._notes_within_limits(notes, onset_abs, ends, name)
-        return (notes if cut is None else notes.select(slice(0, kept))), cut
+        if cut is not None:
+            notes = notes.select(slice(0, kept))
+            return self.notes_to_ids(notes, add_dim_tok, add_eos_tok), notes, cut
+        ids = self._assemble(notes, onset_abs, raw_duration, ends, add_dim_tok, add_eos_tok)
+        return ids, notes, None
 
     def _notes_within_limits(
         self, notes: NoteTable, onset_abs: np.ndarray, ends: np.ndarray, name: str
@@ -216,15 +224,25 @@ class MusicTokenizerWithStyle:
         """Token ids of a note table; `AriaNotes` carry Aria's exact times and instruments.
 
         With `limits_name` (how errors name the input), `self.limits` apply, checked before
-        the token array is allocated; without, the caller vouches for the size (it went
-        through `fit_to_limits`, or made the notes).
+        the token array is allocated (`ids_within_limits`); without, the caller vouches for
+        the size (it made the notes, or they came from ids).
         """
+        if limits_name is not None:
+            return self.ids_within_limits(notes, limits_name, add_dim_tok, add_eos_tok)[0]
         onset_abs, raw_duration = self._onsets_and_durations(notes)
         ends = np.cumsum(self._note_token_lengths(notes, onset_abs))
-        if limits_name is not None:
-            kept, cut = self._notes_within_limits(notes, onset_abs, ends, limits_name)
-            if cut is not None:
-                return self.notes_to_ids(notes.select(slice(0, kept)), add_dim_tok, add_eos_tok)
+        return self._assemble(notes, onset_abs, raw_duration, ends, add_dim_tok, add_eos_tok)
+
+    def _assemble(
+        self,
+        notes: NoteTable,
+        onset_abs: np.ndarray,
+        raw_duration: np.ndarray,
+        ends: np.ndarray,
+        add_dim_tok: bool,
+        add_eos_tok: bool,
+    ) -> np.ndarray:
+        """The ids of `notes`, given their onsets, durations and token ends (one pass)."""
         families = self._prefix_families(notes)
         duration = self._dur_table[np.clip(raw_duration, 0, MAX_DUR_MS)]
         onset = self._onset_table[onset_abs % SEGMENT_MS]  # Python modulo: see _note_token_lengths

@@ -497,16 +497,22 @@ def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]
                     subfolders.clear()
                     continue
                 seen.add(identity)
+                real_folder = os.path.realpath(folder)
                 for name in names:
-                    path = Path(folder) / name
+                    if os.path.splitext(name)[1].lower() not in MIDI_SUFFIXES:
+                        continue
+                    path = os.path.join(real_folder, name)
                     try:
-                        if path.suffix.lower() in MIDI_SUFFIXES and path.is_file():
-                            files.add(path.resolve())
+                        if os.path.isfile(path):
+                            # a link resolves to its target, so two names of one file are one
+                            files.add(
+                                Path(os.path.realpath(path) if os.path.islink(path) else path)
+                            )
                     except OSError as error:
                         _unlisted(error)
         else:
             raise FileNotFoundError(f"MIDI source {source} is neither a file nor a folder")
-    ordered = sorted(files)
+    ordered = sorted(files, key=lambda path: path.parts)  # Path's order, without its __lt__
     return ordered[:limit] if limit > 0 else ordered
 
 
