@@ -22,6 +22,11 @@ def folder() -> Path:
     return shared if (shared / REFERENCE_FILE).is_file() else VENDORED
 
 
+def is_shared() -> bool:
+    """Whether `folder()` is the shared folder (all of its files), not the vendored subset."""
+    return folder() != VENDORED
+
+
 def reference() -> dict:
     """{"files": {relative path: ids}, "errors": {relative path: Aria's error}, ...}."""
     return json.loads((folder() / REFERENCE_FILE).read_text())

@@ -14,6 +14,7 @@ from unittest import mock
 import mido
 import mido.midifiles.midifiles as mido_files
 import numpy as np
+import pretty_midi
 
 from staria.paths import cases_dir
 from staria.tokenizer.midi_events import (
@@ -24,8 +25,19 @@ from staria.tokenizer.midi_events import (
     PROGRAM,
     read_events,
 )
+from staria.tokenizer.midi_io import DRUM, FAMILIES, PROGRAM_GROUP_FAMILIES, NoteTable
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Three small real files the reader, fuzz and index tests start from, by name (in name order):
+# the copies vendored with Aria's reference ids.
+SMALL_MIDI = {
+    path.name: path
+    for path in (
+        FIXTURES / "aria" / "aria-utils-tests" / "basic.mid",
+        FIXTURES / "aria" / "symusic-tests" / "issue78_dump_abc.mid",
+        FIXTURES / "aria" / "aria-example-prompts" / "waltz.mid",
+    )
+}
 
 
 def case_folders() -> list[Path]:
@@ -253,3 +265,27 @@ def tempo_dense_file(num_notes: int) -> bytes:
         track.append(mido.Message("note_on", note=40 + index % 40, velocity=80, time=0))
         track.append(mido.Message("note_off", note=40 + index % 40, time=2))
     return midi_file(track)
+
+
+def notes_to_pretty_midi(notes: NoteTable) -> pretty_midi.PrettyMIDI:
+    """The reference for `notes_to_midi_bytes`: the same notes built note by note with
+    pretty_midi, on a 1 ms tick grid (120 bpm, 500 ticks/beat), one instrument per family."""
+    midi = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120.0)
+    for family_index in np.unique(notes.family):
+        family = FAMILIES[family_index]
+        is_drum = family == DRUM
+        program = 0 if is_drum else PROGRAM_GROUP_FAMILIES.index(family) * 8
+        instrument = pretty_midi.Instrument(program=program, is_drum=is_drum, name=family)
+        mine = notes.family == family_index
+        instrument.notes = [
+            pretty_midi.Note(velocity=int(v), pitch=int(p), start=s / 1000.0, end=e / 1000.0)
+            for v, p, s, e in zip(
+                notes.velocity[mine],
+                notes.pitch[mine],
+                notes.start_ms[mine],
+                notes.end_ms[mine],
+                strict=True,
+            )
+        ]
+        midi.instruments.append(instrument)
+    return midi

@@ -29,11 +29,12 @@ from staria.tokenizer.midi_io import (
     notes_to_midi_bytes,
 )
 from tests.midi_oracle import (
-    FIXTURES,
+    SMALL_MIDI,
     case_folders,
     midi_file,
     mido_events,
     mido_file,
+    notes_to_pretty_midi,
     raw_track_file,
 )
 
@@ -195,7 +196,7 @@ def test_tokens_to_midi_to_tokens_is_the_identity_after_one_normalising_pass(tok
     rewritten = notes_to_midi_bytes(tokenizer.ids_to_notes(normalised))
     assert tokenizer.tokenize_ids(rewritten).tolist() == normalised.tolist()
     via_pretty_midi = io.BytesIO()
-    tokenizer.detokenize(tokenizer.decode(normalised.tolist())).write(via_pretty_midi)
+    notes_to_pretty_midi(tokenizer.ids_to_notes(normalised)).write(via_pretty_midi)
     assert tokenizer.tokenize_ids(via_pretty_midi.getvalue()).tolist() == normalised.tolist()
 
 
@@ -329,7 +330,7 @@ def test_times_past_any_clock_are_clamped_and_refused_never_wrapped():
         prefix_families=np.zeros(1, np.int64),
     )  # fmt: skip
     with pytest.raises(MidiReadError, match="exceeds the limits"):
-        MusicTokenizerWithStyle().fit_to_limits(huge, "huge")
+        MusicTokenizerWithStyle().ids_within_limits(huge, "huge")
 
 
 @pytest.mark.parametrize(
@@ -349,7 +350,7 @@ def test_a_file_too_large_for_midi_is_refused_before_it_is_read(tmp_path):
 
 
 def test_bytes_like_inputs_read_as_bytes():
-    data = (FIXTURES / "midi" / "basic.mid").read_bytes()
+    data = SMALL_MIDI["basic.mid"].read_bytes()
     tokenizer = MusicTokenizerWithStyle()
     expected = tokenizer.tokenize_ids(data).tolist()
     assert tokenizer.tokenize_ids(bytearray(data)).tolist() == expected
@@ -358,8 +359,7 @@ def test_bytes_like_inputs_read_as_bytes():
 
 _OUT_OF_MEMORY = """
 import resource, sys
-from staria.tokenizer.midi_io import MidiReadError
-from staria.tokenizer import MusicTokenizerWithStyle
+from staria.tokenizer import MidiReadError, MusicTokenizerWithStyle
 tokenizer = MusicTokenizerWithStyle()
 tokenizer.tokenize_ids(sys.argv[1])  # compile or load the compiled reader first
 pages = int(open("/proc/self/statm").read().split()[0])
@@ -379,7 +379,7 @@ except MidiReadError as error:
 def test_running_out_of_memory_is_a_midi_read_error():
     """3 M running-status program changes (6 MB) need ~150 MB of events: past a 64 MB cap."""
     run = subprocess.run(
-        [sys.executable, "-c", _OUT_OF_MEMORY, str(FIXTURES / "midi" / "basic.mid")],
+        [sys.executable, "-c", _OUT_OF_MEMORY, str(SMALL_MIDI["basic.mid"])],
         capture_output=True,
         text=True,
         timeout=300,

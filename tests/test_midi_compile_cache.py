@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from staria.paths import REPO_ROOT
+from tests.midi_oracle import SMALL_MIDI
 
 NOTICE = "compiling the MIDI reader with numba"
 FIRST_USE = """
@@ -26,7 +27,7 @@ print(f"cpu {{time.process_time() - started:.2f}}")
 @pytest.mark.slow
 def test_a_second_process_never_compiles_again(tmp_path):
     shutil.copytree(REPO_ROOT / "src" / "staria", tmp_path / "pkg" / "staria")
-    midi = REPO_ROOT / "tests" / "fixtures" / "midi" / "basic.mid"
+    midi = SMALL_MIDI["basic.mid"]
     code = FIRST_USE.format(root=str(tmp_path / "pkg"), midi=str(midi))
     env = {
         **os.environ,

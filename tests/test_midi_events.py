@@ -8,6 +8,7 @@ import pytest
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.tokenizer.midi_events import MidiFormatError, read_events
 from staria.tokenizer.midi_io import MidiReadError, read_notes
+from tests import aria_reference
 from tests.midi_oracle import midi_file, mido_accepts, mido_events, our_events
 
 ORACLE_FILES = [
@@ -18,14 +19,22 @@ ORACLE_FILES = [
 ]
 
 
-@pytest.mark.parametrize("name", ORACLE_FILES)
-def test_events_equal_mido_on_real_files(shared_midi_dir, name):
-    path = shared_midi_dir / name
+def oracle_files() -> list[str]:
+    """`ORACLE_FILES` in the shared folder; in a bare clone, every vendored file."""
+    if aria_reference.is_shared():
+        return ORACLE_FILES
+    vendored = aria_reference.VENDORED
+    return sorted(path.relative_to(vendored).as_posix() for path in vendored.rglob("*.mid"))
+
+
+@pytest.mark.parametrize("name", oracle_files())
+def test_events_equal_mido_on_real_files(name):
+    path = aria_reference.folder() / name
     assert our_events(path.read_bytes()) == mido_events(mido.MidiFile(path))
 
 
-def test_truncated_and_corrupted_bytes_accepted_exactly_whenmido_accepts(shared_midi_dir):
-    data = (shared_midi_dir / "aria-utils-tests/basic.mid").read_bytes()
+def test_truncated_and_corrupted_bytes_accepted_exactly_whenmido_accepts():
+    data = (aria_reference.folder() / "aria-utils-tests/basic.mid").read_bytes()
     rng = random.Random(0)
     variants = [data[:cut] for cut in rng.sample(range(len(data)), 40)]
     for _ in range(40):

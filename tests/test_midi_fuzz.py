@@ -19,14 +19,21 @@ import pytest
 
 from staria.tokenizer.midi_events import MidiFormatError
 from staria.tokenizer.midi_io import MidiReadError
-from tests.midi_oracle import FIXTURES, mido_events, mido_file, mutate, mutate_messages, our_events
+from tests.midi_oracle import (
+    SMALL_MIDI,
+    mido_events,
+    mido_file,
+    mutate,
+    mutate_messages,
+    our_events,
+)
 
 CASES = int(os.environ.get("STARIA_FUZZ_CASES", "3000"))
 SEED = int(os.environ.get("STARIA_FUZZ_SEED", "0"))
 
 
 def _seeds() -> list[bytes]:
-    return [path.read_bytes() for path in sorted((FIXTURES / "midi").glob("*.mid"))]
+    return [path.read_bytes() for path in SMALL_MIDI.values()]
 
 
 @pytest.mark.slow

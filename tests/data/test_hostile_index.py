@@ -114,7 +114,7 @@ def test_a_file_changed_while_indexing_does_not_stop_the_run(tmp_path):
         shutil.copy(SMALL_MIDI["waltz.mid"], folder / f"piece_{index}.mid")
     touched = folder / "piece_0.mid"
 
-    def touch_after_each_chunk(count: int) -> None:
+    def touch_after_each_chunk(count: int, total: int) -> None:
         touched.write_bytes(touched.read_bytes())  # new mtime: the inputs changed
         (folder / f"new_{count}_{time.monotonic_ns()}.mid").write_bytes(b"not yet indexed")
 

@@ -75,8 +75,8 @@ def test_interrupted_run_leaves_no_trusted_cache_and_resumes(shared_midi_dir, tm
     settings = IndexSettings(name="interrupted")
     chunks_done = []
 
-    def interrupt_after_two_chunks(count: int) -> None:
-        chunks_done.append(count)
+    def interrupt_after_two_chunks(count: int, total: int) -> None:
+        chunks_done.extend([count] if count else [])  # the first call (0) says the total
         if len(chunks_done) == 2:
             raise KeyboardInterrupt
 

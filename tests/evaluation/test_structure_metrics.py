@@ -22,6 +22,7 @@ from staria.evaluation.structure_metrics import (
 from staria.statistics import mean_interval, paired_mean_interval, wilson_interval
 from staria.tokenizer import SEGMENT_MS, TokenKind, TokenTable
 from staria.tokenizer.midi_io import NoteTable, read_notes
+from tests import aria_reference
 from tests.evaluation.midi_files import write_midi
 
 # Three rising notes, 500 ms apart (A), and a repeated D at the same pace (B).
@@ -161,13 +162,24 @@ def test_structure_metrics_over_a_set(tokenizer, table, tmp_path):
     assert metrics.silence_ratio == pytest.approx((3 * (1 / 5.5) + 0.5 / 3.5) / 4)
     assert metrics.polyphony == pytest.approx(1.0)
     assert metrics.duration_js == pytest.approx(0.0)
-    assert metrics.inter_onset_js > 0  # 2 s gaps between sections exist only in the samples
-    assert 0 < metrics.pitch_class_js < 1
+    # Pooled over the four decoded pieces (three ABA, one AB) against the reference A.
+    # Onset gaps: ABA has six of 500 ms and two of 1 s (a section starts 1 s after the last
+    # onset of the one before), AB four and one, so p = (22, 7) / 29; the reference: q = (1, 0).
+    m = np.array([(22 / 29 + 1) / 2, 7 / 58])
+    kl_p = 22 / 29 * np.log2(22 / 29 / m[0]) + 7 / 29 * np.log2(7 / 29 / m[1])
+    kl_q = np.log2(1 / m[0])
+    assert metrics.inter_onset_js == pytest.approx(np.sqrt((kl_p + kl_q) / 2))
+    # Pitch classes C, D, E, G: ABA counts 2, 3, 2, 2 and AB 1, 3, 1, 1, so p = (7, 12, 7, 7) / 33;
+    # the reference A: q = (1, 0, 1, 1) / 3; their mean m = (9, 6, 9, 9) / 33.
+    kl_p = 3 * 7 / 33 * np.log2(7 / 9) + 12 / 33 * np.log2(12 / 6)
+    kl_q = np.log2(11 / 9)
+    assert metrics.pitch_class_js == pytest.approx(np.sqrt((kl_p + kl_q) / 2))
     assert set(metrics.as_dict()) >= {"section_similarity_gap", "note_density"}
 
 
-def test_tokenized_real_piece_is_close_to_itself(tokenizer, table, shared_midi_dir):
-    path = shared_midi_dir / "aria-example-prompts" / "nocturne.mid"
+def test_tokenized_real_piece_is_close_to_itself(tokenizer, table):
+    name = "nocturne.mid" if aria_reference.is_shared() else "waltz.mid"  # waltz: vendored
+    path = aria_reference.folder() / "aria-example-prompts" / name
     generated = sample(tokenizer.tokenize_ids(path).tolist(), path)
     metrics = structure_metrics([generated], table, reference=[read_notes(path)])
     assert metrics.pitch_class_js < 0.02

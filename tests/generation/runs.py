@@ -9,6 +9,7 @@ from pathlib import Path
 from staria.training.train import train
 from tests.harness import compose_train, steps
 
+# What these runs need beyond the one shrink (`SHRINK`, which `compose_train` applies first).
 ONE_STEP = (
     *steps(1),
     "trainer.limit_val_batches=1",

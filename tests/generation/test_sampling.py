@@ -8,10 +8,10 @@ import torch
 from staria.generation.generate import generate
 from staria.generation.prompts import scratch_prompt
 from staria.generation.sampling import SamplingConfigError, SamplingSettings, sample_pieces
-from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
+from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.models.autoregressive import LogitsFilter, LogitsFilterError
 from staria.tokenizer import MusicTokenizerWithStyle
-from tests.harness import compose_config
+from tests.harness import compose_config, tiny_net
 
 PROBS = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
 LOGITS = PROBS.log()
@@ -102,13 +102,10 @@ TOKENIZER = MusicTokenizerWithStyle()
 
 
 def tiny_staria() -> StariaModel:
-    torch.manual_seed(0)
-    vocab = TOKENIZER.vocab_size()
-    encoder = SnippetEncoder(vocab, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=64)
-    decoder = CrossAttendingDecoder(
-        vocab, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=256, adapter_dim=8
-    )
-    return StariaModel(encoder, decoder).eval()
+    vocab, decoder = TOKENIZER.vocab_size(), {"max_seq_len": 256, "adapter_dim": 8}
+    return tiny_net(
+        vocab=vocab, trunk={"depth": 1}, encoder={"max_seq_len": 64}, decoder=decoder
+    ).eval()
 
 
 def forbid_eos(model: StariaModel | DecoderOnlyBaseline, rows: slice = slice(None)) -> None:

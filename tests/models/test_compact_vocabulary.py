@@ -13,7 +13,7 @@ import torch
 from staria.generation.checkpoint import load_checkpoint
 from staria.generation.generate import generate
 from staria.generation.manifest import MANIFEST_FILE
-from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
+from staria.models import StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter
 from staria.models.xtransformers import (
     CompactEmbedding,
@@ -25,21 +25,20 @@ from staria.tokenizer.vocabulary import UNKNOWN_ID
 from staria.training.tasks import StariaTask
 from staria.training.tasks.base import sequence_loss
 from staria.training.train import train
-from tests.harness import compose_config, steps
+from tests.harness import compose_config, steps, tiny_net
 from tests.training.runs import preempt_at_step, smoke
 
 VOCAB = 97
-SHAPE = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
 USED = torch.tensor([0, 1, 2, UNKNOWN_ID, 7, 11, 30, 31, 50, 96])
 
 
 def staria(aria_layout: bool = False) -> StariaModel:
-    torch.manual_seed(0)
-    encoder = SnippetEncoder(VOCAB, max_seq_len=16, **SHAPE)
-    decoder = CrossAttendingDecoder(
-        VOCAB, max_seq_len=64, adapter_dim=4, gate_init=1.0, aria_layout=aria_layout, **SHAPE
-    )
-    return StariaModel(encoder, decoder).eval()
+    decoder = {"max_seq_len": 64, "adapter_dim": 4, "gate_init": 1.0, "aria_layout": aria_layout}
+    return tiny_net(vocab=VOCAB, encoder={"max_seq_len": 16}, decoder=decoder).eval()
+
+
+def tiny_baseline():
+    return tiny_net("baseline_tiny", vocab=VOCAB, seed=None, max_seq_len=64)
 
 
 def used_tokens(shape: tuple[int, ...]) -> torch.Tensor:
@@ -65,7 +64,7 @@ def test_compact_model_computes_the_full_models_logits_on_its_ids(aria_layout):
 
 
 def test_an_id_outside_reads_as_unknown_and_samples_stay_inside():
-    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=64, **SHAPE).eval()
+    baseline = tiny_baseline().eval()
     use_compact_vocabulary(baseline, USED, UNKNOWN_ID)
     embedding: CompactEmbedding = baseline.net.token_emb.emb
     outside = torch.tensor([[5, 60]])
@@ -142,7 +141,7 @@ def test_vocabulary_parameters_are_the_embedding_and_head_rows_full_or_compact(a
     assert vocabulary_parameter_count(model) == 3 * VOCAB * 32
     use_compact_vocabulary(model, USED, UNKNOWN_ID)
     assert vocabulary_parameter_count(model) == 3 * len(USED) * 32
-    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=64, **SHAPE)
+    baseline = tiny_baseline()
     trunk = sum(p.numel() for p in baseline.parameters()) - 2 * VOCAB * 32
     use_compact_vocabulary(baseline, USED, UNKNOWN_ID)
     assert vocabulary_parameter_count(baseline) == 2 * len(USED) * 32

@@ -5,26 +5,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from staria.models import (
-    CrossAttendingDecoder,
-    DecoderOnlyBaseline,
-    SequenceClassifier,
-    SnippetEncoder,
-    StariaModel,
-)
+from staria.models import DecoderOnlyBaseline, SnippetEncoder, StariaModel
 from staria.models.autoregressive import ContextTooLongError, DecodingSpec, LogitsFilter
+from tests.harness import TINY_TRUNK, tiny_net
 
 VOCAB = 97
-TINY = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
 NO_EOS = DecodingSpec(eos_id=-1)
 GREEDY = replace(NO_EOS, logits_filter=LogitsFilter(temperature=0.0))
 
 
 def tiny_staria(seed: int = 0, **decoder_options) -> StariaModel:
-    torch.manual_seed(seed)
-    encoder = SnippetEncoder(VOCAB, max_seq_len=16, **TINY)
-    decoder = CrossAttendingDecoder(VOCAB, max_seq_len=64, adapter_dim=8, **TINY, **decoder_options)
-    return StariaModel(encoder, decoder).eval()
+    decoder = {"max_seq_len": 64, "adapter_dim": 8, **decoder_options}
+    return tiny_net(vocab=VOCAB, seed=seed, encoder={"max_seq_len": 16}, decoder=decoder).eval()
 
 
 def snippet_batch(batch: int = 2, num_snippets: int = 3, snippet_len: int = 16):
@@ -58,8 +50,7 @@ def test_full_size_encoder_attention_is_1536_wide():
 
 
 def test_encoder_pools_real_tokens_only():
-    torch.manual_seed(0)
-    encoder = SnippetEncoder(VOCAB, max_seq_len=16, **TINY).eval()
+    encoder = tiny_net("encoder_tiny", vocab=VOCAB, max_seq_len=16).eval()
     snippets = torch.randint(3, VOCAB, (2, 16))
     mask = torch.ones_like(snippets, dtype=torch.bool)
     mask[1, 9:] = False
@@ -93,7 +84,7 @@ def test_staria_logits_ignore_snippets_while_gates_are_zero():
 def test_gate_init_opens_every_gate_and_the_snippets_count_from_the_start(gate_init):
     model = tiny_staria(gate_init=gate_init)
     gates = model.decoder.cross_attention_gates()
-    assert len(gates) == TINY["depth"]
+    assert len(gates) == TINY_TRUNK["depth"]
     assert all(gate.item() == gate_init for gate in gates)
     snippets, snippet_mask = snippet_batch()
     tokens = torch.randint(3, VOCAB, (2, 20))
@@ -166,8 +157,7 @@ def test_cached_generation_equals_uncached_and_encodes_once():
 
 
 def test_each_sample_stops_at_its_own_eos():
-    torch.manual_seed(3)
-    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=64, **TINY).eval()
+    baseline = tiny_net("baseline_tiny", vocab=VOCAB, seed=3, max_seq_len=64).eval()
     prompt = torch.randint(3, VOCAB, (3, 4))
     free = baseline.generate(prompt, 12, GREEDY)
     row0 = free[0].tolist()
@@ -184,10 +174,10 @@ def test_each_sample_stops_at_its_own_eos():
 
 
 def test_learned_positions_refuse_cached_decoding_past_context():
-    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=16, **TINY)
+    baseline = tiny_net("baseline_tiny", vocab=VOCAB, seed=None, max_seq_len=16)
     with pytest.raises(ContextTooLongError, match="max_seq_len=16"):
         baseline.generate(torch.randint(3, VOCAB, (1, 10)), 7)
-    rotary = DecoderOnlyBaseline(VOCAB, max_seq_len=16, aria_layout=True, **TINY)
+    rotary = tiny_net("baseline_tiny", vocab=VOCAB, seed=None, max_seq_len=16, aria_layout=True)
     assert rotary.generate(torch.randint(3, VOCAB, (1, 10)), 7, NO_EOS).shape == (1, 7)
 
 
@@ -201,8 +191,7 @@ def test_logits_filter_is_explicit():
 
 
 def test_classifier_heads():
-    torch.manual_seed(0)
-    classifier = SequenceClassifier(SnippetEncoder(VOCAB, max_seq_len=32, **TINY), num_styles=5)
+    classifier = tiny_net("classifier_tiny", vocab=VOCAB, encoder={"max_seq_len": 32}, num_styles=5)
     tokens = torch.randint(3, VOCAB, (2, 20))
     out = classifier(tokens, torch.ones_like(tokens, dtype=torch.bool))
     assert out.form.shape == (2, 9)

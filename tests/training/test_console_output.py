@@ -7,9 +7,11 @@ import subprocess
 
 import pytest
 
+from tests.harness import shrink
 from tests.training.runs import run_staria_train
 
-TINY = ("experiment=smoke", "data.max_seq_len=128")
+# The one shrink, the config summary printed as a researcher's run prints it.
+TINY = ("experiment=smoke", *shrink("print_config=true"))
 
 
 def staria_train(tmp_path, *overrides) -> subprocess.CompletedProcess:

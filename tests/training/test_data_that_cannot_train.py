@@ -6,11 +6,10 @@ import shutil
 import pytest
 
 from staria.data.datamodule import NotEnoughDataError
-from staria.paths import REPO_ROOT
 from staria.training.train import train
+from tests.harness import SHRINK
+from tests.midi_oracle import SMALL_MIDI
 from tests.training.runs import compose_train, run_staria_train
-
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "midi"
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +23,6 @@ def real(run_dir, folder, *overrides):
         "experiment=smoke",
         "data=real",
         f"data.folders=[{folder}]",
-        "data.max_seq_len=128",
         "data.snippet_len=32",
         "data.num_workers=0",
         *overrides,
@@ -34,7 +32,7 @@ def real(run_dir, folder, *overrides):
 def midi_folder(tmp_path, count: int):
     folder = tmp_path / f"midi-{count}"
     folder.mkdir()
-    for path in sorted(FIXTURES.glob("*.mid"))[:count]:
+    for path in list(SMALL_MIDI.values())[:count]:
         shutil.copy(path, folder / path.name)
     return folder
 
@@ -65,7 +63,7 @@ def test_the_console_names_the_folder_and_leaves_no_run_folder(tmp_path):
         f"data.folders=[{empty}]",
         "data.num_workers=0",
         "data.snippet_len=32",
-        "print_config=false",
+        *SHRINK,
     )
     assert run.returncode != 0
     assert "NotEnoughDataError" in run.stderr and str(empty) in run.stderr

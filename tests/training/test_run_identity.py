@@ -17,7 +17,7 @@ from staria.training.run_identity import (
     training_settings,
 )
 from staria.training.runs_table import find_runs, format_table, main, read_run
-from tests.harness import compose_config
+from tests.harness import SHRINK, compose_config
 from tests.training.runs import run_staria_train
 
 register_configs()
@@ -134,7 +134,7 @@ def test_the_newest_link_follows_the_run_and_leaves_a_real_folder_alone(tmp_path
 
 @pytest.mark.slow
 def test_a_changed_sweep_point_is_a_new_run_and_the_table_lists_them(tmp_path):
-    tiny = ("experiment=smoke", "data.max_seq_len=128", "trainer.max_steps=2")
+    tiny = ("experiment=smoke", *SHRINK, "trainer.max_steps=2")
     env = {"STARIA_DATA_CACHE": str(tmp_path / "cache")}
     first = run_staria_train(tmp_path, "-m", *tiny, "model.optimizer.lr=1e-4,3e-4", **env)
     assert first.returncode == 0, first.stderr[-3000:]

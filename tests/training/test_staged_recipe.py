@@ -14,7 +14,6 @@ from torch import nn
 
 from staria.data.datasets import PieceSource
 from staria.evaluation.anchors import kind_unigram_loss
-from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
 from staria.research.phases import val_curve
 from staria.research.recipe import (
     Recipe,
@@ -28,11 +27,10 @@ from staria.training.encoder_check import ENCODER_CHECK_FILE, section_retrieval
 from staria.training.tasks import StariaTask
 from staria.training.tasks.base import InitWeightsError
 from staria.training.train import RunConfigChangedError
-from tests.harness import compose_config, steps
+from tests.harness import SHRINK, TINY_TRUNK, compose_config, steps, tiny_net
 from tests.training.runs import first_train_batch, synthetic_datamodule
 
 VOCAB = 61
-SHAPE = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
 OPTIMIZATION = {
     "optimizer": {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
     "scheduler": {"warmup_steps": 1, "total_steps": 1, "min_lr_ratio": 0.1},
@@ -40,16 +38,14 @@ OPTIMIZATION = {
 
 
 def staria_task(aria_layout: bool = False, checkpointing: bool = False) -> StariaTask:
-    encoder = SnippetEncoder(VOCAB, max_seq_len=16, **SHAPE)
-    decoder = CrossAttendingDecoder(
-        VOCAB,
-        max_seq_len=32,
-        adapter_dim=8,
-        aria_layout=aria_layout,
-        activation_checkpointing=checkpointing,
-        **SHAPE,
-    )
-    return StariaTask(StariaModel(encoder, decoder), **OPTIMIZATION)
+    decoder = {
+        "max_seq_len": 32,
+        "adapter_dim": 8,
+        "aria_layout": aria_layout,
+        "activation_checkpointing": checkpointing,
+    }
+    net = tiny_net(vocab=VOCAB, seed=None, encoder={"max_seq_len": 16}, decoder=decoder)
+    return StariaTask(net, **OPTIMIZATION)
 
 
 def lightning_file(path, net: nn.Module):
@@ -62,13 +58,14 @@ def lightning_file(path, net: nn.Module):
 def test_a_decoder_only_run_becomes_the_decoder_and_computes_the_same(
     tmp_path, aria_layout, checkpointing
 ):
-    torch.manual_seed(1)
-    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=32, aria_layout=aria_layout, **SHAPE)
+    baseline = tiny_net(
+        "baseline_tiny", vocab=VOCAB, seed=1, max_seq_len=32, aria_layout=aria_layout
+    )
     task = staria_task(aria_layout, checkpointing)
     task.init_decoder_from(lightning_file(tmp_path / "baseline.ckpt", baseline))
     tokens = torch.randint(3, VOCAB, (2, 20))
     mask = torch.ones_like(tokens, dtype=torch.bool)
-    context = torch.randn(2, 5, SHAPE["dim"])
+    context = torch.randn(2, 5, TINY_TRUNK["dim"])
     decoder = task.net.decoder.eval()
     with torch.no_grad():  # closed gates and zero adapters: exactly the decoder-only model
         ours = decoder(tokens, mask, context, torch.ones(2, 5, dtype=torch.bool))
@@ -78,8 +75,7 @@ def test_a_decoder_only_run_becomes_the_decoder_and_computes_the_same(
 
 
 def test_a_contrastive_run_becomes_the_encoder(tmp_path):
-    torch.manual_seed(2)
-    encoder = SnippetEncoder(VOCAB, max_seq_len=16, **SHAPE)
+    encoder = tiny_net("encoder_tiny", vocab=VOCAB, seed=2, max_seq_len=16)
     task = staria_task()
     task.init_encoder_from(lightning_file(tmp_path / "contrastive.ckpt", encoder))
     for name, value in encoder.state_dict().items():
@@ -90,11 +86,11 @@ def test_a_contrastive_run_becomes_the_encoder(tmp_path):
 
 
 def test_weights_of_another_shape_are_refused_naming_the_setting_and_file(tmp_path):
-    wide = SnippetEncoder(VOCAB, max_seq_len=16, dim=48, depth=2, heads=2, dim_head=24)
+    wide = tiny_net("encoder_tiny", VOCAB, None, {"dim": 48, "dim_head": 24}, max_seq_len=16)
     path = lightning_file(tmp_path / "wide.ckpt", wide)
     with pytest.raises(InitWeightsError, match=re.escape(f"init_encoder_from={path}")):
         staria_task().init_encoder_from(path)
-    baseline = DecoderOnlyBaseline(VOCAB, max_seq_len=32, dim=32, depth=3, heads=2, dim_head=16)
+    baseline = tiny_net("baseline_tiny", VOCAB, None, {"depth": 3}, max_seq_len=32)
     path = lightning_file(tmp_path / "deep.ckpt", baseline)
     with pytest.raises(InitWeightsError, match=re.escape(f"init_decoder_from={path}")):
         staria_task().init_decoder_from(path)
@@ -199,12 +195,11 @@ def test_kind_unigram_anchor_by_hand():
 
 
 TINY_CHAIN = (
+    *SHRINK,
     *steps(2),
     "trainer.limit_val_batches=1",
-    "logger=csv",
-    "print_config=false",
+    "logger=csv",  # val_curve reads the run's CSV log
     "data.synthesis.pieces_per_form=4",
-    "data.max_seq_len=128",
     "data.batch_size=2",
 )
 

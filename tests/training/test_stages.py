@@ -6,22 +6,19 @@ import pickle
 import pytest
 import torch
 
-from staria.models import CrossAttendingDecoder, SnippetEncoder, StariaModel
+from staria.models import StariaModel
 from staria.tokenizer import MusicTokenizerWithStyle
 from staria.training.stages import StageConfigError, StageSchedule, staria_new_token_ids
+from tests.harness import tiny_net
 
 VOCAB = MusicTokenizerWithStyle().vocab_size()
 TOKEN_ROWS = {"decoder.net.token_emb.emb.weight", "decoder.net.to_logits.weight"}
-TINY = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16}
 DECODER_DEPTH = 4
 
 
 def tiny_staria() -> StariaModel:
-    torch.manual_seed(0)
-    encoder = SnippetEncoder(VOCAB, max_seq_len=8, **TINY)
-    decoder_shape = TINY | {"depth": DECODER_DEPTH}
-    decoder = CrossAttendingDecoder(VOCAB, max_seq_len=32, adapter_dim=4, **decoder_shape)
-    return StariaModel(encoder, decoder)
+    decoder = {"max_seq_len": 32, "adapter_dim": 4, "depth": DECODER_DEPTH}
+    return tiny_net(vocab=VOCAB, encoder={"max_seq_len": 8}, decoder=decoder)
 
 
 def trainable_names(model: StariaModel) -> set[str]:
@@ -210,10 +207,8 @@ def test_bad_stage_settings_name_the_value():
         StageSchedule("B", unfreeze_top_k=1, unfreeze_every_n_steps=0)
     with pytest.raises(StageConfigError, match="embeddings"):
         StageSchedule("C", lr_scale={"embeddings": 0.1})
-    small = StariaModel(
-        SnippetEncoder(61, max_seq_len=8, **TINY),
-        CrossAttendingDecoder(61, max_seq_len=32, adapter_dim=4, **TINY),
-    )
+    decoder = {"max_seq_len": 32, "adapter_dim": 4}
+    small = tiny_net(vocab=61, seed=None, encoder={"max_seq_len": 8}, decoder=decoder)
     with pytest.raises(StageConfigError, match="vocabulary of 61"):
         StageSchedule("A").apply(small, 0)
     StageSchedule("A", train_new_token_rows=False).apply(small, 0)
