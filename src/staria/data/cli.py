@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from staria.data.isolation import WorkerLimits
+from staria.data.labels import SYNTHETIC_SOURCES
 from staria.data.preprocess import (
     IndexResult,
     IndexSettings,
@@ -19,7 +20,7 @@ from staria.data.preprocess import (
     merge_index,
 )
 from staria.data.slurm_index import cluster_launcher_settings, submit_index
-from staria.data.synthetic import SOURCES, SynthesisConfig, synthesize
+from staria.data.synthetic import SynthesisConfig, synthesize
 
 
 def _add_typed(
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write form-labelled synthetic pieces")
     synth.add_argument("out_dir", type=Path)
     synth.add_argument("--forms", nargs="+", default=None)
-    synth.add_argument("--source", choices=SOURCES, default=SynthesisConfig.source)
+    synth.add_argument("--source", choices=SYNTHETIC_SOURCES, default=SynthesisConfig.source)
     synth.add_argument("--source-dirs", nargs="*", type=Path, default=[])
     _add_typed(
         synth,

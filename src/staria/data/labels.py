@@ -16,8 +16,10 @@ import numpy as np
 from staria.errors import RecordFormatError
 from staria.tokenizer import FORMS, SECTION_LETTERS, TIME_STEP_MS
 
-# generated/stitched: synthetic pieces; labelled: real MIDI labelled by a section classifier.
-SOURCES = ("generated", "stitched", "labelled")
+# generated/stitched: synthetic pieces (`staria.data.synthetic`); labelled: real MIDI labelled
+# by a section classifier.
+SYNTHETIC_SOURCES = ("generated", "stitched")
+SOURCES = (*SYNTHETIC_SOURCES, "labelled")
 SPLITS = ("train", "val", "test")
 STYLE_KEYS = ("composer", "form", "genre")
 # Onsets are compared with half a tokenizer step of slack, so an onset that quantization moved

@@ -17,7 +17,7 @@ import numpy as np
 import symusic
 
 from staria.data.composition import generated_materials
-from staria.data.labels import PieceLabels, Section, labels_path
+from staria.data.labels import SYNTHETIC_SOURCES, PieceLabels, Section, labels_path
 from staria.data.section_material import PIANO, SectionMaterial, SynthesisError
 from staria.data.stitching import source_pools, stitched_materials
 from staria.tokenizer import FORMS, GENRES, MusicTokenizerWithStyle
@@ -29,8 +29,7 @@ from staria.tokenizer.midi_io import (
     MidiSource,
 )
 
-SOURCES = ("generated", "stitched")
-DEFAULT_FORMS = ("AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
+DEFAULT_FORMS = tuple(form for form in FORMS if len(form) > 1)  # every form of two or more sections
 MAX_FIT_ATTEMPTS = 8
 # One tick is one millisecond (120 bpm, 500 ticks per beat), so written times stay on the ms grid.
 MIDI_TICKS_PER_BEAT = 500
@@ -58,8 +57,8 @@ class SynthesisConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "forms", tuple(self.forms))
         object.__setattr__(self, "source_dirs", tuple(Path(d) for d in self.source_dirs))
-        if self.source not in SOURCES:
-            raise ValueError(f"source: {self.source!r} is not one of {SOURCES}")
+        if self.source not in SYNTHETIC_SOURCES:
+            raise ValueError(f"source: {self.source!r} is not one of {SYNTHETIC_SOURCES}")
         unknown_forms = [form for form in self.forms if form not in FORMS]
         if unknown_forms or self.pieces_per_form < 1:
             raise ValueError(
