@@ -31,7 +31,7 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _START_ATTEMPTS = 3  # fresh workers tried before the pool gives up on starting any
-_BATCH = 16  # items per message at most (fewer when few are left, to keep every worker busy)
+_BATCH = 32  # items per message at most (fewer when few are left, to keep every worker busy)
 _FLUSH_S = 0.1  # a worker sends what it has done at least this often
 _FLUSH_BYTES = 2**20  # and as soon as its results hold this much
 
