@@ -13,6 +13,21 @@ from staria.training.tasks.base import chunked_sequence_loss, sequence_loss
 from tests.training.runs import first_train_batch, synthetic_datamodule
 
 
+def classifier_task(net: torch.nn.Module) -> ClassifierTask:
+    """A classification task around `net` with the shared optimizer and a 1-step schedule."""
+    return ClassifierTask(
+        net,
+        optimizer={"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+        scheduler={"warmup_steps": 1, "total_steps": 1, "min_lr_ratio": 0.1},
+    )
+
+
+def validator(**settings) -> pl.Trainer:
+    """A quiet CPU trainer that only validates."""
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return pl.Trainer(accelerator="cpu", enable_model_summary=False, **quiet, **settings)
+
+
 def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
     datamodule = synthetic_datamodule(
         tmp_path,
@@ -23,22 +38,10 @@ def test_classifier_validation_runs_the_network_once_per_batch(tmp_path):
     )
     torch.manual_seed(0)
     net = hydra.utils.instantiate(compose_net("classifier_tiny"))
-    task = ClassifierTask(
-        net,
-        optimizer={"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
-        scheduler={"warmup_steps": 1, "total_steps": 1, "min_lr_ratio": 0.1},
-    )
+    task = classifier_task(net)
     forward_calls = []
     net.register_forward_hook(lambda module, args, output: forward_calls.append(output))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=3,
-    )
-    results = trainer.validate(task, datamodule=datamodule)
+    results = validator(limit_val_batches=3).validate(task, datamodule=datamodule)
     (metrics,) = results
     assert len(forward_calls) == 3
     assert {"val/loss", "val/form_accuracy", "val/style_accuracy"} <= set(metrics)
@@ -96,21 +99,9 @@ def test_classifier_accuracies_are_each_heads_mean_recall_over_its_classes(tmp_p
             section=one_hot_logits(0, 2, 0, 0, width=4).unsqueeze(0),
         ),
     ]
-    task = ClassifierTask(
-        FixedClassifier(answers),
-        optimizer={"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
-        scheduler={"warmup_steps": 1, "total_steps": 1, "min_lr_ratio": 0.1},
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    task = classifier_task(FixedClassifier(answers))
     batches_loader = torch.utils.data.DataLoader(batches, batch_size=None)
-    (metrics,) = trainer.validate(task, dataloaders=batches_loader)
+    (metrics,) = validator(default_root_dir=tmp_path).validate(task, dataloaders=batches_loader)
     assert not answers, "one forward pass per batch"
     # Sections, labelled tokens only: 0 -> 0 twice (1), 1 -> 1 (1), 2 -> 1 and 2 -> 2 (1/2);
     # section 3 is predicted only on unlabelled tokens, so it is not a class here.
