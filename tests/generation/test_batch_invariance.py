@@ -12,8 +12,9 @@ import random
 import pytest
 import torch
 
-from staria.models import CrossAttendingDecoder, DecoderOnlyBaseline, SnippetEncoder, StariaModel
+from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter
+from tests.harness import tiny_net
 
 VOCAB, EOS, PAD = 300, 1, 2
 MAX_SEQ_LEN = 24
@@ -21,32 +22,14 @@ GREEDY = DecodingSpec(LogitsFilter(temperature=0.0), eos_id=EOS, pad_id=PAD)
 
 
 def baseline() -> DecoderOnlyBaseline:
-    torch.manual_seed(0)
-    return DecoderOnlyBaseline(
-        num_tokens=VOCAB,
-        dim=32,
-        depth=2,
-        heads=2,
-        dim_head=16,
-        max_seq_len=MAX_SEQ_LEN,
-        aria_layout=True,
-    ).eval()
+    net = tiny_net("baseline_tiny", VOCAB, max_seq_len=MAX_SEQ_LEN, aria_layout=True)
+    return net.eval()
 
 
 def staria() -> StariaModel:
-    torch.manual_seed(0)
-    encoder = SnippetEncoder(VOCAB, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=16)
-    decoder = CrossAttendingDecoder(
-        VOCAB,
-        dim=32,
-        depth=2,
-        heads=2,
-        dim_head=16,
-        max_seq_len=MAX_SEQ_LEN,
-        adapter_dim=8,
-        aria_layout=True,
-    )
-    model = StariaModel(encoder, decoder).eval()
+    encoder = {"depth": 1, "max_seq_len": 16}
+    decoder = {"max_seq_len": MAX_SEQ_LEN, "adapter_dim": 8, "aria_layout": True}
+    model = tiny_net("staria_tiny", VOCAB, encoder=encoder, decoder=decoder).eval()
     for gate in model.decoder.cross_attention_gates():
         torch.nn.init.constant_(gate, 1.0)  # open: the snippets change the samples
     return model
