@@ -36,10 +36,13 @@ def random_tree(root: Path, rng: np.random.Generator) -> None:
         folders[-1].mkdir()
     files = []
     for index in range(int(rng.integers(3, 12))):
-        suffix = str(rng.choice([".mid", ".MID", ".midi", ".Mid", ".json", ".txt", ""]))
+        suffix = str(rng.choice([".mid", ".MID", ".midi", ".Mid", ".json", ".txt", "", "."]))
         path = folders[int(rng.integers(len(folders)))] / f"f{index}{suffix}"
         path.write_bytes(b"MThd")
         files.append(path)
+    for name in ("..mid", ".mid", "x.mid.", ".MIDI", "...midi"):  # suffixes as pathlib sees them
+        if rng.integers(2):
+            (folders[int(rng.integers(len(folders)))] / name).write_bytes(b"MThd")
     for index in range(int(rng.integers(0, 4))):  # links to files, folders, and back up
         place = folders[int(rng.integers(len(folders)))] / f"link{index}.mid"
         kind = rng.integers(3)

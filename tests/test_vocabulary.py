@@ -1,5 +1,9 @@
 """The vocabulary module's id ranges against the token listing they index."""
 
+import pickle
+from copy import deepcopy
+
+from staria.data.sequences import TokenLayout
 from staria.tokenizer import VOCAB_SIZE, MusicTokenizerWithStyle
 from staria.tokenizer.midi_io import DRUM, FAMILIES
 from staria.tokenizer.vocabulary import STARIA_TOKENS, build_vocabulary, vocabulary_ids
@@ -56,3 +60,16 @@ def test_note_length_counts_the_tokens_each_note_takes():
     ids = tokenizer.encode(tokens)
     assert tokenizer.unknown_id not in ids
     assert tokenizer.note_length[ids].tolist() == [0, 0, 3, 0, 0, 2, 0, 0]
+
+
+def test_the_tokenizer_and_layout_pickle_for_spawned_workers():
+    """DataLoader and index workers started by spawn or forkserver receive them pickled."""
+    tokenizer = MusicTokenizerWithStyle()
+    for thing in (tokenizer, TokenLayout(tokenizer)):
+        copy = pickle.loads(pickle.dumps(thing))
+        assert type(copy) is type(thing)
+    back = pickle.loads(pickle.dumps(tokenizer))
+    assert back.vocabulary_ids is vocabulary_ids()
+    tokens = [("onset", 0), "<A_SECTION>"]
+    assert back.encode(tokens) == tokenizer.encode(tokens)
+    assert deepcopy(tokenizer).staria_token_ids == tokenizer.staria_token_ids

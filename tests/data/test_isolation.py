@@ -32,6 +32,8 @@ def _work(offset, item):
         return os.getpid()
     if item == "huge":  # fits the cap, but pickling it for the pipe does not
         return b"x" * (160 * 2**20)
+    if item == "unpicklable":
+        return lambda: None
     return item + offset
 
 
@@ -64,6 +66,7 @@ EXPECTED_REASONS = {
     "hang": "timed out after 1 s",
     "memory": "MemoryError: ",
     "huge": "MemoryError: result too large to return",
+    "unpicklable": "result cannot be returned: ",
 }
 
 
@@ -72,7 +75,7 @@ def test_any_order_of_failures_costs_exactly_the_failing_items(seed):
     """Workers hold two items at once: a failure must be blamed on the item being worked on,
     and the one waiting behind it handed on, whatever runs of failures come in a row."""
     rng = np.random.default_rng(seed)
-    kinds = ["raise", "segfault", "exit", "memory", "huge"]
+    kinds = ["raise", "segfault", "exit", "memory", "huge", "unpicklable"]
     hostile = list(rng.choice(kinds, size=6)) + ["hang"] * (seed == 0)
     items = [*range(8), *hostile]
     rng.shuffle(items)
@@ -84,12 +87,24 @@ def test_any_order_of_failures_costs_exactly_the_failing_items(seed):
     for position, item in enumerate(items):
         if isinstance(item, str):
             expected = EXPECTED_REASONS[item]
-            if item == "memory":  # the exception's text is numpy's
+            if item in ("memory", "unpicklable"):  # the rest of the text is numpy's, pickle's
                 assert outcomes[position].reason.startswith(expected), (position, items)
             else:
                 assert outcomes[position] == ItemFailure(expected), (position, items)
         else:
             assert outcomes[position] == item + 1000, (position, items)
+
+
+def _slow_offset():
+    time.sleep(2)  # longer than the items' timeout: a worker's start is not its first item's
+    return 1000
+
+
+def test_every_worker_gets_work_and_setup_time_is_not_an_items_time():
+    limits = WorkerLimits(timeout_s=1, memory_mib=256)
+    outcomes = dict(map_isolated(_work, ["pid"] * 4, workers=2, limits=limits, setup=_slow_offset))
+    assert not any(isinstance(pid, ItemFailure) for pid in outcomes.values()), outcomes
+    assert len(set(outcomes.values())) == 2  # both workers were handed items
 
 
 def test_closing_early_kills_the_workers():

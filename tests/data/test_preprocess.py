@@ -11,6 +11,7 @@ import pytest
 from staria.data.cache import NO_SECTION, CachedSplit, IncompleteIndexError
 from staria.data.labels import SPLITS
 from staria.data.preprocess import (
+    CHUNK_SUFFIX,
     IndexSettings,
     UnsafeLegacyCacheError,
     build_index,
@@ -161,6 +162,20 @@ def test_sharded_runs_merge_into_the_single_run_result(synthetic_dir, tmp_path):
         a, b = CachedSplit(merged.split_dirs[split]), CachedSplit(single.split_dirs[split])
         assert a.pieces == b.pieces
         assert np.array_equal(a.offsets, b.offsets)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, -1])
+def test_a_damaged_chunk_file_stops_the_merge_naming_it(synthetic_dir, tmp_path, cut):
+    """Bytes missing from (or added to) a finished chunk are found against its records."""
+    settings = IndexSettings(mode="synthetic", name="damaged")
+    kwargs = {"workers": 1, "chunk_size": 3, "num_shards": 2}
+    for shard in (0, 1):
+        build_index([synthetic_dir], tmp_path, settings, shard_index=shard, **kwargs)
+    (chunk,) = [path for path in tmp_path.rglob(f"chunk-000001{CHUNK_SUFFIX}")]
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:-cut] if cut > 0 else data + b"\0")
+    with pytest.raises(IncompleteIndexError, match=f"{chunk.name}: {len(data) - cut} bytes"):
+        merge_index([synthetic_dir], tmp_path, settings)
 
 
 def test_legacy_pickle_list_needs_the_flag_that_says_pickle_runs_code(shared_midi_dir, tmp_path):

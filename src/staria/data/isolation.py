@@ -34,6 +34,7 @@ _START_ATTEMPTS = 3  # fresh workers tried before the pool gives up on starting 
 _BATCH = 32  # items per message at most (fewer when few are left, to keep every worker busy)
 _FLUSH_S = 0.1  # a worker sends what it has done at least this often
 _FLUSH_BYTES = 2**20  # and as soon as its results hold this much
+_START_GRACE_S = 60.0  # a fresh worker's imports and `setup`, before its first item's time runs
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,12 @@ def _serve(
 ) -> None:
     """Worker loop: receive batches of (index, item), send lists of (index, ok, result or
     reason) until the pipe closes; `progress` holds [index being worked on or -1, its start
-    on the monotonic clock]."""
+    on the monotonic clock; before any item, when `setup` finished (0: not yet)]."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     state = setup() if setup is not None else None
     _cap_address_space(memory_mib)
+    progress[1] = time.monotonic()  # set up: from now on the items' time runs
     while True:
         try:
             batch = connection.recv()
@@ -133,20 +135,23 @@ def _result_bytes(value: Any) -> int:
 
 
 def _send(connection: Connection, replies: list[tuple]) -> None:
-    """Send the replies in one message, or one by one if together they cannot be pickled in
-    the memory the worker has (an item whose own result cannot is reported as such)."""
+    """Send the replies in one message, or one by one if together they cannot be pickled (in
+    the memory the worker has, or at all): an item whose own result cannot be is reported
+    as such."""
     if not replies:
         return
     try:
         connection.send(replies)
         return
-    except MemoryError:
+    except Exception:  # MemoryError or a result that does not pickle: find whose, one by one
         pass
     for index, ok, result in replies:
         try:
             connection.send([(index, ok, result)])
         except MemoryError:
             connection.send([(index, False, "MemoryError: result too large to return")])
+        except Exception as error:  # a result that does not pickle is its item's failure
+            connection.send([(index, False, f"result cannot be returned: {error}")])
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -195,25 +200,51 @@ class _Worker:
         self.heard_at = time.monotonic()
 
     def current(self) -> tuple[int | None, float]:
-        """The item it is working on (None: between items) and since when."""
+        """The item it is working on (None: between items, or not set up yet) and since when
+        its time runs."""
         while True:
             index, start = self.progress[0], self.progress[1]
             if self.progress[0] == index:  # not torn by a write in between
                 break
-        if index < 0 or not any(given == index for given, _ in self.in_flight):
-            return None, self.heard_at
-        return int(index), max(start, self.heard_at)
-
-    def culprit(self) -> int:
-        """The item to blame for a crash or overrun: the one it is on, else the oldest."""
-        index, _ = self.current()
-        return self.in_flight[0][0] if index is None else index
+        if index >= 0 and any(given == index for given, _ in self.in_flight):
+            return int(index), max(start, self.heard_at)
+        if start == 0.0:  # still importing and running `setup`: not the first item's time yet
+            return None, self.heard_at + _START_GRACE_S
+        return None, max(start, self.heard_at)
 
     def stop(self) -> None:
         """Kill the worker (it holds nothing worth saving) and reap it."""
         self.process.kill()
         self.process.join()
         self.connection.close()
+
+
+def _hand_out(pending: deque, pool: list[_Worker], fresh: Callable[[], _Worker]) -> None:
+    """Give batches round-robin, one per worker per pass, until each holds two (it starts the
+    next while the parent takes in one) or nothing is left. A worker that died idle is
+    replaced (`_START_ATTEMPTS` times at most); one that died holding work is reported by
+    the caller's wait."""
+    given = True
+    while pending and given:
+        given = False
+        for slot in range(len(pool)):
+            worker, attempts = pool[slot], 0
+            if not pending or len(worker.in_flight) > _BATCH:
+                continue
+            size = max(1, min(_BATCH, len(pending) // (2 * len(pool))))
+            batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+            while not worker.give(batch):
+                if worker.in_flight:  # it died holding work: reported by the caller's wait
+                    pending.extendleft(reversed(batch))
+                    break
+                attempts += 1
+                if attempts == _START_ATTEMPTS:
+                    code = worker.process.exitcode
+                    raise RuntimeError(f"workers exit before taking work (exit code {code})")
+                worker.stop()
+                pool[slot] = worker = fresh()
+            else:
+                given = True
 
 
 def map_isolated(
@@ -242,23 +273,7 @@ def map_isolated(
     ]
     try:
         while True:
-            for slot, worker in enumerate(pool):
-                attempts = 0
-                # Up to two batches at once: it starts the next while the parent takes in one.
-                while pending and len(worker.in_flight) <= _BATCH:
-                    size = max(1, min(_BATCH, len(pending) // (2 * len(pool))))
-                    batch = [pending.popleft() for _ in range(min(size, len(pending)))]
-                    if worker.give(batch):
-                        continue
-                    pending.extendleft(reversed(batch))
-                    if worker.in_flight:  # it died holding work: reported below
-                        break
-                    attempts += 1
-                    if attempts == _START_ATTEMPTS:
-                        code = worker.process.exitcode
-                        raise RuntimeError(f"workers exit before taking work (exit code {code})")
-                    worker.stop()
-                    pool[slot] = worker = _Worker(context, setup, function, limits.memory_mib)
+            _hand_out(pending, pool, lambda: _Worker(context, setup, function, limits.memory_mib))
             busy = [worker for worker in pool if worker.in_flight]
             if not busy:
                 return
@@ -272,13 +287,14 @@ def map_isolated(
             for slot, worker in enumerate(pool):
                 if not worker.in_flight:
                     continue
-                failure = None
+                failure, culprit = None, None
                 if worker.connection in ready:
                     try:
                         replies = worker.connection.recv()
                     except (EOFError, OSError):
                         worker.process.join()
                         failure = _describe_exit(worker.process.exitcode)
+                        culprit = worker.current()[0]
                     else:
                         for index, ok, result in replies:
                             worker.took(index)
@@ -287,10 +303,13 @@ def map_isolated(
                 elif worker.process.sentinel in ready:
                     worker.process.join()
                     failure = _describe_exit(worker.process.exitcode)
-                elif time.monotonic() >= worker.current()[1] + limits.timeout_s:
-                    failure = f"timed out after {limits.timeout_s:g} s"
+                    culprit = worker.current()[0]
+                else:
+                    culprit, since = worker.current()  # one read: the item overrunning is blamed
+                    if time.monotonic() >= since + limits.timeout_s:
+                        failure = f"timed out after {limits.timeout_s:g} s"
                 if failure is not None:
-                    culprit = worker.culprit()
+                    culprit = worker.in_flight[0][0] if culprit is None else culprit
                     # The rest of its items, done or not, go first to the next worker.
                     pending.extendleft(
                         reversed([entry for entry in worker.in_flight if entry[0] != culprit])

@@ -36,6 +36,9 @@ from staria.tokenizer import MusicTokenizerWithStyle, PieceLimits, read_notes, s
 INDEX_FORMAT_VERSION = 2
 FILES_PER_WORKER = 64
 CHUNK_SUFFIX = ".bin"  # a chunk's token and section ids (`_write_chunk`)
+# The chunk files' layout, in the work folder's name: a shard of another version never reads
+# or finishes this version's chunks (the finished index's format is INDEX_FORMAT_VERSION).
+CHUNK_FORMAT_VERSION = 2
 
 
 class UnsafeLegacyCacheError(PermissionError):
@@ -170,17 +173,28 @@ def _write_chunk(work_dir: Path, chunk_id: int, results: list[tuple]) -> None:
     write_json_atomic(stem.with_suffix(".json"), records, unique=True, indent=None)
 
 
+def _work_dir(cache_root: Path, stem: str) -> Path:
+    """Where the shards of one index write their chunks until the merge."""
+    return cache_root / f".work-v{CHUNK_FORMAT_VERSION}_{stem}"
+
+
 def _chunk_done(work_dir: Path, chunk_id: int) -> bool:
     """Whether the chunk's tokens and its completion marker are both in place."""
     stem = work_dir / f"chunk-{chunk_id:06d}"
     return stem.with_suffix(".json").is_file() and stem.with_suffix(CHUNK_SUFFIX).is_file()
 
 
-def _read_chunk(stem: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk's token ids and section ids, each as one array over its kept files."""
-    raw = np.fromfile(stem.with_suffix(CHUNK_SUFFIX), dtype=np.uint8)
-    count = len(raw) // 3  # 2 bytes of token id and 1 of section id per token
-    return raw[: 2 * count].view(np.uint16), raw[2 * count :]
+def _read_chunk(stem: Path, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's token ids and section ids, each one array over its kept files, which its
+    records say hold `num_tokens`; `IncompleteIndexError` naming the file if it does not."""
+    path = stem.with_suffix(CHUNK_SUFFIX)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if len(raw) != 3 * num_tokens:  # 2 bytes of token id and 1 of section id per token
+        raise IncompleteIndexError(
+            f"{path}: {len(raw)} bytes where its records need {3 * num_tokens}; delete the "
+            "chunk (and its .json) and rerun `staria-data index` to tokenize it again"
+        )
+    return raw[: 2 * num_tokens].view(np.uint16), raw[2 * num_tokens :]
 
 
 def _chunks(files: Sequence[Path], chunk_size: int) -> list[list[str]]:
@@ -262,7 +276,7 @@ def build_index(
         found = _complete_index(cache_root, stem, key)
         if found is not None:
             return found
-        work_dir = cache_root / f".work_{stem}"
+        work_dir = _work_dir(cache_root, stem)
         work_dir.mkdir(parents=True, exist_ok=True)
         plan = {"chunk_size": chunk_size, "num_chunks": len(chunks)}
         write_json_atomic(work_dir / "plan.json", plan, unique=True)  # shards write it at once
@@ -319,7 +333,7 @@ def merge_index(
 def _merge(cache_root: Path, settings: IndexSettings, key: str, num_files: int) -> IndexResult:
     """Merge the chunks of the cache named `key`, once, under the merge lock."""
     stem = cache_stem(settings, key)
-    work_dir = cache_root / f".work_{stem}"
+    work_dir = _work_dir(cache_root, stem)
     split_dirs = {split: cache_root / f"{stem}_{split}" for split in SPLITS}
     report_path = cache_root / f"{stem}_report.json"
     with exclusive_lock(cache_root / f".{stem}.merge.lock"):
@@ -353,10 +367,12 @@ def _merge_chunks(
         )
     plan = _merge_plan(chunk_stems, settings)
     with _SplitWriters(split_dirs, plan, settings, key) as writers:
-        for chunk_stem, kept in zip(chunk_stems, plan.kept_per_chunk, strict=True):
+        for chunk_stem, kept, num_tokens in zip(
+            chunk_stems, plan.kept_per_chunk, plan.tokens_per_chunk, strict=True
+        ):
             if not kept:
                 continue
-            tokens, section_ids = _read_chunk(chunk_stem)
+            tokens, section_ids = _read_chunk(chunk_stem, num_tokens)
             for record, start, split in kept:
                 end = start + record["num_tokens"]
                 writers.append(split, record, tokens[start:end], section_ids[start:end])
@@ -376,6 +392,8 @@ class _MergePlan:
     skipped: list[dict]
     duplicates: list[dict]
     cropped: list[dict]
+    # tokens each chunk file holds (its kept and duplicate files), to check the file against
+    tokens_per_chunk: list[int] = field(default_factory=list)
 
     def report(self, key: str, settings: IndexSettings, num_files: int) -> dict:
         return {
@@ -416,6 +434,7 @@ def _merge_plan(chunk_stems: Sequence[Path], settings: IndexSettings) -> _MergeP
             if record["form"] is not None:
                 plan.labelled_splits.add(split)
         plan.kept_per_chunk.append(kept)
+        plan.tokens_per_chunk.append(offset)
     return plan
 
 

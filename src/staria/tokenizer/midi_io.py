@@ -10,9 +10,11 @@ tick->ms sum.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,6 +473,8 @@ def notes_to_midi_bytes(notes: NoteTable) -> bytes:
 
 
 MIDI_SUFFIXES = (".mid", ".midi")
+# A stat error that means nothing is there to read (pathlib's own set): skipped silently.
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
 def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]:
@@ -499,21 +503,29 @@ def scan_midi_files(sources: Sequence[str | Path], limit: int = 0) -> list[Path]
                 seen.add(identity)
                 real_folder = os.path.realpath(folder)
                 for name in names:
-                    if os.path.splitext(name)[1].lower() not in MIDI_SUFFIXES:
+                    if _suffix(name).lower() not in MIDI_SUFFIXES:
                         continue
                     path = os.path.join(real_folder, name)
                     try:
-                        if os.path.isfile(path):
-                            # a link resolves to its target, so two names of one file are one
-                            files.add(
-                                Path(os.path.realpath(path) if os.path.islink(path) else path)
-                            )
-                    except OSError as error:
-                        _unlisted(error)
+                        is_file = stat.S_ISREG(os.stat(path).st_mode)
+                    except OSError as error:  # gone or a broken link: skipped; else logged
+                        if error.errno not in _ABSENT:
+                            _unlisted(error)
+                        continue
+                    if is_file:
+                        # a link resolves to its target, so two names of one file are one
+                        real = os.path.realpath(path) if os.path.islink(path) else path
+                        files.add(Path(real))
         else:
             raise FileNotFoundError(f"MIDI source {source} is neither a file nor a folder")
     ordered = sorted(files, key=lambda path: path.parts)  # Path's order, without its __lt__
     return ordered[:limit] if limit > 0 else ordered
+
+
+def _suffix(name: str) -> str:
+    """A file name's suffix as `pathlib` gives it (`..mid` has `.mid`, `.mid` has none)."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def _unlisted(error: OSError) -> None:

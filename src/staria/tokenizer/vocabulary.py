@@ -121,6 +121,11 @@ class VocabularyIds:
     structure_ids: tuple[int, ...]
     staria_ids: tuple[int, ...]  # STARIA_TOKENS' ids, the last 15
 
+    def __reduce__(self) -> tuple:
+        """Pickled as the call that builds it (its mappings are read-only views, which do
+        not pickle): a tokenizer crosses to DataLoader and index workers by reference."""
+        return vocabulary_ids, ()
+
     def note_length(self, vocab_size: int) -> np.ndarray:
         """Tokens per note that starts at each id [vocab_size] (int64): 3 for a pitched note
         (note, onset, dur), 2 for a drum hit (drum, onset), 0 for an id that starts no note."""
