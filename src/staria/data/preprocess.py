@@ -168,7 +168,7 @@ def _write_chunk(work_dir: Path, chunk_id: int, results: list[tuple]) -> None:
                 sections = np.full(len(ids), NO_SECTION, np.uint8)
             handle.write(np.ascontiguousarray(sections, np.uint8).data)
 
-    stem = work_dir / f"chunk-{chunk_id:06d}"
+    stem = _chunk_stem(work_dir, chunk_id)
     write_durably(stem.with_suffix(CHUNK_SUFFIX), write, unique=True)
     write_json_atomic(stem.with_suffix(".json"), records, unique=True, indent=None)
 
@@ -178,9 +178,14 @@ def _work_dir(cache_root: Path, stem: str) -> Path:
     return cache_root / f".work-v{CHUNK_FORMAT_VERSION}_{stem}"
 
 
+def _chunk_stem(work_dir: Path, chunk_id: int) -> Path:
+    """A chunk's files without their suffix: `chunk-<id>` in the work folder."""
+    return work_dir / f"chunk-{chunk_id:06d}"
+
+
 def _chunk_done(work_dir: Path, chunk_id: int) -> bool:
     """Whether the chunk's tokens and its completion marker are both in place."""
-    stem = work_dir / f"chunk-{chunk_id:06d}"
+    stem = _chunk_stem(work_dir, chunk_id)
     return stem.with_suffix(".json").is_file() and stem.with_suffix(CHUNK_SUFFIX).is_file()
 
 
@@ -358,7 +363,7 @@ def _merge_chunks(
             "shards ran give another fingerprint); run `staria-data index`"
         )
     num_chunks = json.loads(plan_path.read_text())["num_chunks"]
-    chunk_stems = [work_dir / f"chunk-{i:06d}" for i in range(num_chunks)]
+    chunk_stems = [_chunk_stem(work_dir, i) for i in range(num_chunks)]
     missing = [s.name for i, s in enumerate(chunk_stems) if not _chunk_done(work_dir, i)]
     if missing:
         raise IncompleteIndexError(

@@ -43,6 +43,8 @@ from x_transformers.x_transformers import (
     apply_rotary_pos_emb,
 )
 
+from staria.tokenizer import VOCAB_SIZE
+
 # What `static_cache` (the decoding mirror of x-transformers' forward) and `autoregressive`
 # (the logits filters) use of x-transformers, imported here with everything else.
 __all__ = [
@@ -56,8 +58,6 @@ __all__ = [
     "top_k_filter",
     "top_p_filter",
 ]
-
-from staria.tokenizer import VOCAB_SIZE
 
 ARIA_ROTARY_BASE = 500_000
 

@@ -33,7 +33,6 @@ from staria.tokenizer.vocabulary import (
     TIME_STEP_MS,
     VELOCITY_STEP,
     Token,
-    build_vocabulary,
     form_token,
     section_token,
     vocabulary_ids,
@@ -88,19 +87,16 @@ class MusicTokenizerWithStyle:
 
     def __init__(self, limits: PieceLimits = PieceLimits()) -> None:
         self.limits = limits
-        self.vocab: tuple[Token, ...] = build_vocabulary()
         self.vocabulary_ids = ids = vocabulary_ids()
+        self.vocab: tuple[Token, ...] = ids.vocab
         self.token_to_id: dict[Token, int] = dict(ids.token_to_id)  # a dict: encode's hot path
         self.pad_id, self.bos_id, self.eos_id = ids.pad, ids.bos, ids.eos
         self.dim_id, self.time_id, self.unknown_id = ids.dim, ids.time, ids.unknown
         self.prompt_start = PROMPT_START
         self.prompt_end = PROMPT_END
-        self._prefix_base, self._note_base, self._drum_base = (
-            ids.prefix_base,
-            ids.note_base,
-            ids.drum_base,
-        )
-        self._dur_base, self._onset_base = ids.dur_base, ids.onset_base
+        self._prefix_base, self._note_base = ids.prefix_base, ids.note_base
+        self._drum_base, self._dur_base = ids.drum_base, ids.dur_base
+        self._onset_base = ids.onset_base
         self._velocity_levels = MAX_VELOCITY // VELOCITY_STEP + 1
         velocity_grid = range(0, MAX_VELOCITY + 1, VELOCITY_STEP)
         self._velocity_table = np.maximum(nearest_on_grid_table(127, velocity_grid), VELOCITY_STEP)

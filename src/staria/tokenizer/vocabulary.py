@@ -37,20 +37,6 @@ GENRES = ("jazz", "classical")
 SECTION_LETTERS = ("A", "B", "C", "D")
 FORMS = ("A", "AB", "ABC", "ABA", "ABAB", "ABAC", "ABCA", "ABCB", "ABCD")
 PROMPT_START, PROMPT_END = "<PROMPT_START>", "<PROMPT_END>"
-# The 15 tokens Staria adds after Aria's vocabulary, in id order.
-STARIA_TOKENS = (
-    *(f"<{letter}_SECTION>" for letter in SECTION_LETTERS),
-    PROMPT_START,
-    PROMPT_END,
-    *(f"<{form}>" for form in FORMS),
-)
-
-TIME_STEP_MS = 10
-SEGMENT_MS = 5000
-MAX_DUR_MS = 5000
-VELOCITY_STEP = 10
-MAX_VELOCITY = 120
-DRUM_PITCHES = range(35, 82)
 
 
 def section_token(letter: str) -> str:
@@ -65,6 +51,22 @@ def form_token(form: str) -> str:
     if form not in FORMS:
         raise ValueError(f"form {form!r} is not one of {FORMS}")
     return f"<{form}>"
+
+
+# The 15 tokens Staria adds after Aria's vocabulary, in id order.
+STARIA_TOKENS = (
+    *map(section_token, SECTION_LETTERS),
+    PROMPT_START,
+    PROMPT_END,
+    *map(form_token, FORMS),
+)
+
+TIME_STEP_MS = 10
+SEGMENT_MS = 5000
+MAX_DUR_MS = 5000
+VELOCITY_STEP = 10
+MAX_VELOCITY = 120
+DRUM_PITCHES = range(35, 82)
 
 
 def build_vocabulary() -> tuple[Token, ...]:
@@ -103,6 +105,7 @@ class VocabularyIds:
     durations from `dur_base`, onsets from `onset_base` (`onset_count` of them).
     """
 
+    vocab: tuple[Token, ...]  # `build_vocabulary()`: the token of each id
     token_to_id: Mapping[Token, int]
     pad: int
     bos: int
@@ -144,6 +147,7 @@ def vocabulary_ids() -> VocabularyIds:
     sections = tuple(ids(section_token(letter)) for letter in SECTION_LETTERS)
     forms = tuple(ids(form_token(form)) for form in FORMS)
     return VocabularyIds(
+        vocab=vocab,
         token_to_id=MappingProxyType(token_to_id),
         pad=ids(PAD),
         bos=ids(START),
