@@ -37,18 +37,20 @@ def make_corpus(folder: Path, copies: range) -> list[Path]:
     return scan_midi_files([folder])
 
 
-def cpu_seconds() -> float:
-    """User + system seconds of this process and of its finished children."""
+def cpu_seconds() -> tuple[float, float]:
+    """User + system seconds of this process, and of its finished children (the workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def measured(work) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of `work()`."""
-    cpu, wall = cpu_seconds(), time.perf_counter()
+def measured(work) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds, of the CPU seconds those of the workers) of `work()`."""
+    (own, children), wall = cpu_seconds(), time.perf_counter()
     work()
-    return cpu_seconds() - cpu, time.perf_counter() - wall
+    (own_after, children_after), wall_after = cpu_seconds(), time.perf_counter()
+    workers = children_after - children
+    return own_after - own + workers, wall_after - wall, workers
 
 
 def tokenize_all(files: list[Path]) -> None:
@@ -60,7 +62,7 @@ def tokenize_all(files: list[Path]) -> None:
 
 
 def index_pair(corpora, cache: Path, label: str, workers: int):
-    """((CPU s, wall s) of indexing corpus A, (CPU s, wall s) of A + B), fresh caches."""
+    """(`measured` of indexing corpus A, of A + B), fresh caches."""
     return tuple(
         measured(
             lambda n=count: build_index(
@@ -78,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     anchor = "tokenize alone, in-process (anchor)"
     names = [anchor] + [f"staria-data index, {n} worker(s)" for n in sorted({1, 2, _cores()})]
-    rows: dict[str, list[tuple[tuple[float, float], tuple[float, float]]]] = {n: [] for n in names}
+    rows: dict[str, list[tuple[tuple[float, ...], tuple[float, ...]]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as temp:
         first = make_corpus(Path(temp) / "a", range(args.repeats))
         second = make_corpus(Path(temp) / "b", range(args.repeats, 2 * args.repeats))
@@ -96,29 +98,31 @@ def main() -> None:
                 rows[name].append(index_pair(corpora, cache, label, workers))
     added = len(second)
 
-    def marginal(run) -> tuple[float, float, float]:
-        """(CPU s, wall s) per added file and the fixed CPU s of one (A, A + B) pair."""
-        (cpu_a, wall_a), (cpu_ab, wall_ab) = run
+    def marginal(run) -> tuple[float, float, float, float]:
+        """(CPU s, wall s, the workers' CPU s) per added file and the fixed CPU s of one
+        (A, A + B) pair."""
+        (cpu_a, wall_a, workers_a), (cpu_ab, wall_ab, workers_ab) = run
         cpu, wall = (cpu_ab - cpu_a) / added, (wall_ab - wall_a) / added
-        return cpu, wall, cpu_a - len(first) * cpu
+        return cpu, wall, (workers_ab - workers_a) / added, cpu_a - len(first) * cpu
 
     anchor_cpu = statistics.median(marginal(run)[0] for run in rows[anchor])
     anchor_wall = statistics.median(marginal(run)[1] for run in rows[anchor])
     print(
         f"{len(first)} files, then {len(first) + added}: the marginal cost of the {added} added "
         f"files against the anchor (goal: index <= 1.3x per CPU-s), medians of {args.rounds} "
-        "alternating rounds [range], and the fixed start-up"
+        "alternating rounds [range], the CPU-ms per file the workers spent and this "
+        "process, and the fixed start-up"
     )
     for name in names:
         costs = [marginal(run) for run in rows[name]]
-        cpu = statistics.median(c for c, _, _ in costs)
-        wall = statistics.median(w for _, w, _ in costs)
-        ratios = sorted(c / anchor_cpu for c, _, _ in costs)
-        fixed = statistics.median(f for _, _, f in costs)
+        columns = zip(*costs, strict=True)
+        cpu, wall, workers, fixed = (statistics.median(column) for column in columns)
+        ratios = sorted(c / anchor_cpu for c, *_ in costs)
         print(
             f"  {name:38s} {1 / cpu:7.0f} files/CPU-s ({cpu / anchor_cpu:4.2f}x "
             f"[{ratios[0]:4.2f}, {ratios[-1]:4.2f}])  {1 / wall:7.0f} files/wall-s "
-            f"({wall / anchor_wall:4.2f}x)  start-up {fixed:5.2f} CPU-s"
+            f"({wall / anchor_wall:4.2f}x)  workers {1000 * workers:4.2f} + this process "
+            f"{1000 * (cpu - workers):4.2f} CPU-ms/file  start-up {fixed:5.2f} CPU-s"
         )
 
 

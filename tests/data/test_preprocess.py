@@ -186,3 +186,43 @@ def test_legacy_pickle_list_needs_the_flag_that_says_pickle_runs_code(shared_mid
         list(iter_legacy_path_list(legacy))
     loaded = list(iter_legacy_path_list(legacy, allow_pickle_legacy_cache_runs_code=True))
     assert [str(p) for p in loaded] == paths
+
+
+def test_a_chunk_mixing_labelled_unlabelled_and_bad_files_keeps_each_files_ids(
+    synthetic_dir, shared_midi_dir, tmp_path
+):
+    """One chunk holds labelled, unlabelled and unreadable files in turn: each kept piece gets
+    the tokens and section ids it gets in an index of its own kind alone."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    labelled = scan_midi_files([synthetic_dir])[:4]
+    shared = scan_midi_files([shared_midi_dir])
+    others = [p for p in shared if p.name not in BAD_FILES][:2]
+    others += [p for p in shared if p.name in BAD_FILES][:2]
+    for number, (first, second) in enumerate(zip(labelled, others, strict=True)):
+        shutil.copy(first, folder / f"{number:02d}a.mid")
+        shutil.copy(first.with_suffix(".json"), folder / f"{number:02d}a.json")
+        shutil.copy(second, folder / f"{number:02d}b.mid")
+    settings = IndexSettings(mode="synthetic", name="mixed")
+    mixed = build_index([folder], tmp_path / "cache", settings, workers=1, chunk_size=64)
+    alone = build_index([synthetic_dir], tmp_path / "alone", settings, workers=1)
+    expected = {}
+    for split_dir in alone.split_dirs.values():
+        split = CachedSplit(split_dir)
+        for piece, record in enumerate(split.pieces):
+            expected[record.sha256] = (split.tokens(piece).tolist(), split.section_ids(piece))
+    tok = MusicTokenizerWithStyle()
+    seen = 0
+    for split_dir in mixed.split_dirs.values():
+        split = CachedSplit(split_dir)
+        for piece, record in enumerate(split.pieces):
+            seen += 1
+            if record.path.endswith("a.mid"):
+                tokens, section_ids = expected[record.sha256]
+                assert split.tokens(piece).tolist() == tokens
+                assert (split.section_ids(piece) == section_ids).all()
+            else:
+                assert split.tokens(piece).tolist() == tok.tokenize_ids(record.path).tolist()
+                assert (split.section_ids(piece) == NO_SECTION).all()
+    report = json.loads(mixed.report_path.read_text())
+    assert len(report["skipped"]) == 2 and seen == 2 * len(labelled) - 2

@@ -159,14 +159,17 @@ def _write_chunk(work_dir: Path, chunk_id: int, results: list[tuple]) -> None:
     chunk's completion marker), each renamed into place."""
     records = [record for record, _, _ in results]
     kept = [(ids, sections) for _, ids, sections in results if ids is not None]
+    tokens = np.concatenate([np.empty(0, np.uint16), *(ids for ids, _ in kept)], dtype=np.uint16)
+    section_ids = np.full(len(tokens), NO_SECTION, np.uint8)
+    start = 0
+    for ids, sections in kept:
+        if sections is not None:
+            section_ids[start : start + len(ids)] = sections
+        start += len(ids)
 
     def write(handle: BinaryIO) -> None:
-        for ids, _ in kept:
-            handle.write(np.ascontiguousarray(ids, np.uint16).data)
-        for ids, sections in kept:
-            if sections is None:
-                sections = np.full(len(ids), NO_SECTION, np.uint8)
-            handle.write(np.ascontiguousarray(sections, np.uint8).data)
+        handle.write(tokens.data)
+        handle.write(section_ids.data)
 
     stem = _chunk_stem(work_dir, chunk_id)
     write_durably(stem.with_suffix(CHUNK_SUFFIX), write, unique=True)
