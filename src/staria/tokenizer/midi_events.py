@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 class FirstCompileNotice(event.Listener):
     """Say once per process that numba is compiling the MIDI reader: the first use after
     installing takes several CPU-seconds; numba caches the machine code beside the source
-    (or, for a read-only install, in its user cache: `NUMBA_CACHE_DIR`), so later processes
-    load it instead and this never shows."""
+    (`NUMBA_CACHE_DIR` when set; for a read-only install, the user's `~/.cache/numba`), so
+    later processes load it instead and this never shows."""
 
     def __init__(self) -> None:
         self.shown = False
