@@ -5,15 +5,17 @@ then `AbsTokenizer.tokenize(..., add_dim_tok=False)` + `encode`, the call behind
 ids in `tests/fixtures/aria`) is timed over the same files in the same run, and the ids
 of both are compared file by file.
 
-numba compiles the MIDI reader and writer once (cached on disk afterwards); the one-off compile
-is timed in a fresh process with an empty cache and reported apart, and every timed pass here
-runs after a warm-up call.
+Every figure is per CPU second (this process, one torch thread), the median of `--repeats`
+passes for the anchors as for Staria. numba compiles the MIDI reader and writer once (cached on
+disk afterwards); the one-off compile is timed in a fresh process with an empty cache and
+reported apart, and every timed pass here runs after a warm-up call.
 """
 
 import argparse
 import importlib.util
 import io
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,25 +34,26 @@ COLD_START = """
 import sys, time
 from staria.tokenizer import MusicTokenizerWithStyle
 tokenizer = MusicTokenizerWithStyle()
-start = time.perf_counter()
+start = time.process_time()
 tokens = tokenizer.tokenize(sys.argv[1])
 tokenizer.write_midi(tokens, sys.argv[2])
-print(time.perf_counter() - start)
+print(time.process_time() - start)
 """
 
 
 def _timed(work, repeats: int) -> tuple[float, int]:
-    """Best wall time of `repeats` passes and the token count `work` reports."""
-    best, count = float("inf"), 0
+    """Median CPU seconds of `repeats` passes and the token count `work` reports."""
+    seconds, count = [], 0
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         count = work()
-        best = min(best, time.perf_counter() - start)
-    return best, count
+        seconds.append(time.process_time() - start)
+    return statistics.median(seconds), count
 
 
 def compile_seconds(path: Path) -> float:
-    """First tokenize + write_midi in a fresh process whose numba cache is empty."""
+    """CPU seconds of the first tokenize + write_midi in a fresh process whose numba cache is
+    empty."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
         out = Path(cache) / "out.mid"
@@ -92,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tokenizer = MusicTokenizerWithStyle()
     candidates = sorted(args.midi_dir.rglob("*.mid*"))
-    print(f"numba one-off compile (fresh cache): {compile_seconds(candidates[0]):.1f} s")
+    print(f"numba one-off compile (fresh cache): {compile_seconds(candidates[0]):.1f} CPU-s")
     paths, piano = [], []
     for path in candidates:
         try:
@@ -136,14 +139,14 @@ def main() -> None:
         same = sum(aria_ids[path] == tokenizer.tokenize_ids(path).tolist() for path in paths)
         print(f"aria-utils gives the same ids as Staria for {same} of {len(paths)} files")
     for files, label in [(paths, "all files"), (piano, "piano only")]:
-        baseline, _ = _timed(lambda files=files: pretty_midi_parse(files), 1)
+        baseline, _ = _timed(lambda files=files: pretty_midi_parse(files), args.repeats)
         baseline_rate = len(files) / baseline
-        print(f"-- {label}: pretty_midi parse alone {baseline_rate:8.1f} files/s")
+        print(f"-- {label}: pretty_midi parse alone {baseline_rate:8.1f} files/CPU-s")
         aria_rate = None
         if aria_work is not None:
-            aria_seconds, _ = _timed(lambda files=files: aria_work(files)[0], 1)
+            aria_seconds, _ = _timed(lambda files=files: aria_work(files)[0], args.repeats)
             aria_rate = len(files) / aria_seconds
-            print(f"-- {label}: aria-utils tokenize+encode {aria_rate:8.1f} files/s")
+            print(f"-- {label}: aria-utils tokenize+encode {aria_rate:8.1f} files/CPU-s")
         rows = [
             ("tokenize+encode (tokens)", lambda files=files: tokenize_encode(files)),
             ("tokenize_ids (bulk path)", lambda files=files: bulk_ids(files)),
@@ -158,7 +161,7 @@ def main() -> None:
             rate = len(files) / seconds
             versus_aria = "" if aria_rate is None else f"  x{rate / aria_rate:6.1f} aria-utils"
             print(
-                f"{name:28s} {rate:8.1f} files/s {tokens / seconds:12.0f} tokens/s"
+                f"{name:28s} {rate:8.1f} files/CPU-s {tokens / seconds:12.0f} tokens/CPU-s"
                 f"  x{rate / baseline_rate:6.1f} pretty_midi{versus_aria}"
             )
 

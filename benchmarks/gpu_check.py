@@ -1,11 +1,13 @@
 """GPU check (`make gpu-check`): what the full-size models do on one GPU, in one script.
 
 Prints, each against its anchor measured in the same run:
-- the GPU's bf16 matmul rate (an 8192^3 matmul): the practical peak the MFU figures use;
-- a bf16 training step (AdamW, autocast) of the full-size decoder-only baseline (513,953,280
-  parameters) and of full-size Staria at 4,096 tokens: tokens/s, model FLOPs utilisation
-  (6 x parameters per token + attention) and peak memory, with flash attention (SDPA) off and
-  on, and torch.compile off and on (baseline);
+- the GPU's bf16 matmul rate (an 8192^3 matmul);
+- a bf16 training step (AdamW, autocast, the training tasks' loss) of the full-size
+  decoder-only baseline (513,953,280 parameters) and of full-size Staria at 4,096 tokens:
+  tokens/s, model FLOPs utilisation and peak memory, with flash attention (SDPA) off and on,
+  and torch.compile off and on. The model FLOPs are those of one step (forward and backward)
+  as torch's `FlopCounterMode` counts them; the peak they are divided by is the GPU's
+  data-sheet bf16 peak where `SPEC_PEAKS` knows it, else the measured matmul rate;
 - cached generation tokens/s of the baseline at batch 1 and 16, from a 64-token prompt to
   4,096 tokens.
 
@@ -27,10 +29,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hydra
 import torch
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 from staria.models import DecoderOnlyBaseline, StariaModel
 from staria.models.autoregressive import DecodingSpec, LogitsFilter
+from staria.paths import REPO_ROOT
 from staria.training.config import compose_net
+from staria.training.tasks.base import chunked_sequence_loss
+
+LOSS_CHUNK_TOKENS = OmegaConf.load(REPO_ROOT / "conf/model/shared/lm_loss.yaml").loss_chunk_tokens
 
 # Dense bf16 tensor-core peaks (vendor data sheets, FLOP/s) for MFU; others use the matmul rate.
 SPEC_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -65,13 +73,12 @@ def matmul_rate(device: torch.device, size: int) -> float:
     return 2 * size**3 / best
 
 
-def model_flops_per_token(net: torch.nn.Module, length: int) -> float:
-    """6 x parameters (forward and backward) plus attention's 12 x layers x width x length."""
-    parameters = sum(p.numel() for p in net.parameters())
-    decoder = net.decoder.net if isinstance(net, StariaModel) else net.net
-    layers = decoder.attn_layers
-    depth = sum(1 for kind in layers.layer_types if kind == "a")
-    return 6 * parameters + 12 * depth * layers.dim * length
+def step_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one `step()` (forward and backward) as torch's `FlopCounterMode` counts them:
+    every matmul and attention call, the encoder's and the output head's included."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def batch_for(net: torch.nn.Module, batch: int, length: int, device: torch.device) -> tuple:
@@ -106,16 +113,24 @@ def training_step_rate(
         else contextlib.nullcontext()
     )
 
-    def step() -> None:
+    model = net._orig_mod if compile_ else net
+    loss_mask = torch.ones_like(targets, dtype=torch.bool)
+
+    def loss_of(module: torch.nn.Module) -> torch.Tensor:
+        """The training tasks' next-token loss (`loss_chunk_tokens` of `lm_loss.yaml`)."""
         with autocast:
-            logits = net(*inputs)
-            loss = torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten()
-            )
-        loss.backward()
+            hidden = module(*inputs, return_embeddings=True)
+            return chunked_sequence_loss(
+                hidden, model.head.weight, targets, loss_mask, LOSS_CHUNK_TOKENS
+            ).loss
+
+    def step() -> None:
+        loss_of(net).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    flops_per_step = step_flops(lambda: loss_of(model).backward())  # uncompiled: same math
+    optimizer.zero_grad(set_to_none=True)
     step()  # warm-up: allocation, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -126,7 +141,7 @@ def training_step_rate(
     synchronize(device)
     seconds = (time.perf_counter() - started) / steps
     tokens_per_s = batch * length / seconds
-    flops = model_flops_per_token(net if not compile_ else net._orig_mod, length) * tokens_per_s
+    flops = flops_per_step / seconds
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return (
         f"{tokens_per_s:10.0f} tokens/s  {flops / 1e12:7.1f} TFLOP/s  "
@@ -181,7 +196,7 @@ def main() -> None:
     compiles = (False,) if args.no_compile else (False, True)
     for model in ("baseline", "staria"):
         for flash in (False, True):
-            for compile_ in compiles if model == "baseline" else (False,):
+            for compile_ in compiles:
                 title = f"{model}_{size} flash={flash} compile={compile_}"
                 section(
                     title,

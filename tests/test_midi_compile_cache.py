@@ -51,6 +51,7 @@ def _first_use_twice(package: Path, env: dict[str, str], prefix: tuple[str, ...]
         assert run.returncode == 0, run.stderr[-2000:]
     assert NOTICE in runs[0].stderr and NOTICE not in runs[1].stderr
     first, second = (float(run.stdout.split()[-1]) for run in runs)
+    print(f"first use {first:.2f} CPU-s, second process {second:.2f} CPU-s")  # shown by -rP
     assert second < first / 4, (first, second)
 
 

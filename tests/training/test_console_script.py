@@ -50,3 +50,24 @@ def test_a_wrong_command_exits_non_zero_naming_the_key_and_writes_nothing(tmp_pa
         assert named in run.stdout + run.stderr, run.stderr[-3000:]
         written = [p for p in tmp_path.glob("runs/**/*") if p.is_file()]
         assert written == [], override  # Hydra may have made the (empty) folder, nothing more
+
+
+def test_printing_the_config_or_the_help_imports_neither_torch_nor_lightning(tmp_path):
+    """`--cfg job` and `--help` compose and print: the heavy libraries stay unloaded
+    (`-X importtime` lists every module a process imports)."""
+    for flags in (["experiment=smoke", "--cfg", "job"], ["--help"]):
+        run = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "staria.training.cli", *flags],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        imported = {
+            line.rsplit("|", 1)[-1].strip()
+            for line in run.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        assert "hydra" in imported and "omegaconf" in imported, flags  # the listing works
+        assert not imported & {"torch", "lightning", "numpy", "pretty_midi", "numba"}, flags

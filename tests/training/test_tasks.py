@@ -4,6 +4,7 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from staria.data.datasets import IGNORE_INDEX
 from staria.models.classifier import ClassifierLogits
@@ -173,3 +174,60 @@ def test_chunked_loss_holds_one_chunk_of_logits_at_a_time():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):  # the control
         sequence_loss(hidden @ head.t(), tokens, mask).loss.backward()
     assert 100 in widest, "the full-logits loss keeps all 2 x 50 rows of logits"
+
+
+def _head_problem(rows_grad: bool = True, head_grad: bool = True):
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 50, 8, requires_grad=rows_grad)
+    head = torch.randn(1000, 8, requires_grad=head_grad)
+    tokens = torch.randint(0, 1000, (2, 50))
+    mask = torch.rand(2, 50) < 0.8
+    return hidden, head, tokens, mask
+
+
+def test_chunked_loss_computes_no_logits_twice():
+    """Its head matmuls are the full-logits loss's (forward, and two for the gradients): the
+    FLOPs of forward + backward are equal, where recomputing them would add a third."""
+    hidden, head, tokens, mask = _head_problem()
+    flops = []
+    for loss in (
+        lambda: sequence_loss(hidden @ head.t(), tokens, mask).loss,
+        lambda: chunked_sequence_loss(hidden, head, tokens, mask, chunk_tokens=16).loss,
+    ):
+        with FlopCounterMode(display=False) as counter:
+            loss().backward()
+        flops.append(counter.get_total_flops())
+    plain_rows = 2 * 50  # the full-logits loss projects every position, the chunked one only
+    kept_rows = int(mask[:, 1:].sum())  # those whose target counts
+    assert flops[0] == 3 * 2 * plain_rows * 8 * 1000
+    assert flops[1] == 3 * 2 * kept_rows * 8 * 1000
+
+
+@pytest.mark.parametrize(("rows_grad", "head_grad"), [(True, False), (False, True)])
+def test_chunked_loss_gradients_only_for_what_trains(rows_grad, head_grad):
+    """A frozen head (stage A) or frozen hidden states get no gradient; the others are the
+    full-logits loss's."""
+    results = []
+    for chunked in (False, True):
+        hidden, head, tokens, mask = _head_problem(rows_grad, head_grad)
+        if chunked:
+            step = chunked_sequence_loss(hidden, head, tokens, mask, chunk_tokens=7)
+        else:
+            step = sequence_loss(hidden @ head.t(), tokens, mask)
+        step.loss.backward()
+        results.append((step.loss, hidden.grad, head.grad))
+    (plain_loss, plain_hidden, plain_head), (loss, hidden_grad, head_grad_) = results
+    assert torch.allclose(loss, plain_loss, rtol=1e-5)
+    assert (hidden_grad is None) == (not rows_grad) and (head_grad_ is None) == (not head_grad)
+    for ours, reference in ((hidden_grad, plain_hidden), (head_grad_, plain_head)):
+        if reference is not None:
+            assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_loss_without_grad_computes_the_loss_alone():
+    hidden, head, tokens, mask = _head_problem()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        loss = chunked_sequence_loss(hidden, head, tokens, mask, chunk_tokens=16).loss
+    assert torch.allclose(loss, sequence_loss(hidden @ head.t(), tokens, mask).loss, rtol=1e-5)
+    assert counter.get_total_flops() == 2 * int(mask[:, 1:].sum()) * 8 * 1000  # forward only
+    assert not loss.requires_grad

@@ -18,7 +18,6 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 from staria.data.datasets import IGNORE_INDEX
 from staria.models.xtransformers import CompactHead, use_compact_vocabulary
@@ -71,31 +70,70 @@ def chunked_sequence_loss(
 ) -> StepLoss:
     """`sequence_loss` from the final hidden states [B,T,D] and the output head's weight
     [V,D], never holding more than `chunk_tokens` x V logits: only positions whose target
-    counts are projected, `chunk_tokens` rows at a time, each chunk's logits recomputed in
-    the backward pass (activation checkpointing) instead of kept. Same loss and gradients as
-    `sequence_loss` up to float summation order."""
+    counts are projected, `chunk_tokens` rows at a time, and each chunk's gradients are
+    computed as soon as its logits are (fused linear cross entropy, as Liger-Kernel's), so
+    no logits are kept for the backward pass and none are computed twice. Same loss and
+    gradients as `sequence_loss` up to float summation order."""
     targets = torch.full_like(tokens, IGNORE_INDEX)
     targets[:, :-1] = tokens[:, 1:].masked_fill(~loss_mask[:, 1:], IGNORE_INDEX)
     keep = targets.flatten() != IGNORE_INDEX
     rows, labels = hidden.flatten(0, 1)[keep], targets.flatten()[keep]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, len(rows), chunk_tokens):
-        end = start + chunk_tokens
-        total = total + checkpoint(
-            _summed_cross_entropy,
-            rows[start:end],
-            head_weight,
-            labels[start:end],
-            use_reentrant=False,
-        )
-    count = loss_mask[:, 1:].sum()
-    return StepLoss(total / keep.sum(), count)
+    grad = torch.is_grad_enabled()
+    total = _FusedLinearCrossEntropy.apply(
+        rows,
+        head_weight,
+        labels,
+        chunk_tokens,
+        grad and rows.requires_grad,
+        grad and head_weight.requires_grad,
+    )
+    return StepLoss(total / keep.sum(), loss_mask[:, 1:].sum())
 
 
-def _summed_cross_entropy(
-    rows: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    return F.cross_entropy((rows @ head_weight.t()).float(), labels, reduction="sum")
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross entropy of `rows @ weight.T` [N,V] (fp32 softmax) against `labels` [N],
+    one chunk of rows at a time; the gradients for `rows` [N,D] and `weight` [V,D] are
+    computed chunk by chunk in the forward pass and only scaled in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, rows, weight, labels, chunk_tokens, rows_grad, weight_grad):
+        total = rows.new_zeros((), dtype=torch.float32)
+        grad_rows = torch.empty_like(rows) if rows_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight_grad else None
+        for start in range(0, len(rows), chunk_tokens):
+            chunk, chunk_labels = (
+                rows[start : start + chunk_tokens],
+                labels[start : start + chunk_tokens],
+            )
+            # One [rows, V] buffer: logits, then exp(logits - max), then the softmax, then
+            # d(loss)/d(logits) = softmax - one-hot, each in place (logsumexp would add one).
+            logits = (chunk @ weight.t()).float()
+            target_logits = logits.gather(1, chunk_labels[:, None])
+            top = logits.amax(-1, keepdim=True)
+            norm = logits.sub_(top).exp_().sum(-1, keepdim=True)
+            total += (norm.log() + top - target_logits).sum()
+            if not (rows_grad or weight_grad):
+                continue
+            grad_logits = logits.div_(norm)
+            grad_logits[torch.arange(len(chunk)), chunk_labels] -= 1
+            grad_logits = grad_logits.to(chunk.dtype)
+            if rows_grad:
+                grad_rows[start : start + len(chunk)] = grad_logits @ weight
+            if weight_grad:
+                grad_weight += (grad_logits.t() @ chunk).float()
+        ctx.save_for_backward(grad_rows, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        grad_rows, grad_weight = ctx.saved_tensors
+        if grad_rows is not None:
+            grad_rows = grad_rows * grad_total.to(grad_rows.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_rows, grad_weight, None, None, None, None
 
 
 def parameter_counts(net: nn.Module) -> dict[str, int]:
