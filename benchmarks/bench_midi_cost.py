@@ -1,12 +1,10 @@
-"""Cost of reading MIDI grows linearly with the file, whatever its content, and isolation's price.
+"""Cost of reading MIDI grows linearly with the file, whatever its content.
 
 Three files built to cost (a tempo change before every note; every note of a pitch struck at
 one tick before its note-offs; a pedal event between notes) are tokenized at 1x and 8x their
 size; each line prints CPU seconds per note at both sizes and their ratio (1.0 = linear; the
-quadratic tempo sum this replaced gave about 8 here). Then the isolated index (one worker
-process, per-file limits) against tokenizing the same files in-process, in files per CPU
-second (parent and worker CPU counted) past the worker's start-up, which is given apart.
-One thread; all figures from this run.
+quadratic tempo sum this replaced gave about 8 here). One thread; all figures from this run.
+What isolating each file in a worker costs is `bench_index.py`'s figure.
 """
 
 import os
@@ -14,14 +12,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import mido
 
-from staria.data.preprocess import IndexSettings, build_index
 from staria.tokenizer import MusicTokenizerWithStyle
 
 
@@ -74,16 +70,9 @@ def cpu_per_note(tokenizer: MusicTokenizerWithStyle, data: bytes, notes: int) ->
     return (time.process_time() - start) / notes
 
 
-def _cpu_with_children() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--notes", type=int, default=25_000, help="notes of the 1x files")
-    parser.add_argument("--files", type=int, default=200, help="files for the index comparison")
     args = parser.parse_args()
     tokenizer = MusicTokenizerWithStyle()
     print(f"{'file':<20}{'1x KB':>8}{'8x KB':>8}{'µs/note 1x':>12}{'µs/note 8x':>12}{'ratio':>8}")
@@ -95,35 +84,6 @@ def main() -> None:
             f"{build.__name__:<20}{len(small) / 1e3:>8.0f}{len(large) / 1e3:>8.0f}"
             f"{base * 1e6:>12.2f}{scaled * 1e6:>12.2f}{scaled / base:>8.2f}"
         )
-
-    piece = tempo_dense(2_000)
-    small_cpu, in_process = index_cpu(piece, args.files, tokenizer)
-    large_cpu, _ = index_cpu(piece, 5 * args.files, tokenizer)
-    marginal = 4 * args.files / (large_cpu - small_cpu)  # files per CPU-s past start-up
-    start_up = small_cpu - args.files / marginal
-    print(
-        f"index, isolated worker: {marginal:.0f} files/CPU-s once started ({start_up:.1f} CPU-s "
-        f"to start a worker) against {in_process:.0f} tokenizing in-process: "
-        f"ratio {marginal / in_process:.2f}"
-    )
-
-
-def index_cpu(piece: bytes, files: int, tokenizer: MusicTokenizerWithStyle) -> tuple[float, float]:
-    """CPU seconds (parent and worker) to index `files` copies of `piece` with one isolated
-    worker, and files per CPU second tokenizing them in-process."""
-    with tempfile.TemporaryDirectory() as folder:
-        midi = Path(folder) / "midi"
-        midi.mkdir()
-        paths = [midi / f"piece_{index:05d}.mid" for index in range(files)]
-        for index, path in enumerate(paths):
-            path.write_bytes(piece + index.to_bytes(2, "big"))  # distinct content, same cost
-        start = time.process_time()
-        for path in paths:
-            tokenizer.tokenize_ids(path)
-        in_process = files / (time.process_time() - start)
-        start = _cpu_with_children()
-        build_index([midi], Path(folder) / "cache", IndexSettings(name="bench"), workers=1)
-        return _cpu_with_children() - start, in_process
 
 
 if __name__ == "__main__":
