@@ -101,19 +101,16 @@ def training_step_rate(
     compile_: bool,
     peak_rate: float,
 ) -> str:
-    net = build(name, flash, device)
-    if compile_:
-        net = torch.compile(net)
+    model = build(name, flash, device)
+    net = torch.compile(model) if compile_ else model
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
-    inputs = batch_for(net if not compile_ else net._orig_mod, batch, length, device)
+    inputs = batch_for(model, batch, length, device)
     targets = inputs[-2]
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
         else contextlib.nullcontext()
     )
-
-    model = net._orig_mod if compile_ else net
     loss_mask = torch.ones_like(targets, dtype=torch.bool)
 
     def loss_of(module: torch.nn.Module) -> torch.Tensor:

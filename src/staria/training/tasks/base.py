@@ -101,10 +101,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_rows = torch.empty_like(rows) if rows_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight_grad else None
         for start in range(0, len(rows), chunk_tokens):
-            chunk, chunk_labels = (
-                rows[start : start + chunk_tokens],
-                labels[start : start + chunk_tokens],
-            )
+            end = start + chunk_tokens
+            chunk, chunk_labels = rows[start:end], labels[start:end]
             # One [rows, V] buffer: logits, then exp(logits - max), then the softmax, then
             # d(loss)/d(logits) = softmax - one-hot, each in place (logsumexp would add one).
             logits = (chunk @ weight.t()).float()
@@ -115,10 +113,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if not (rows_grad or weight_grad):
                 continue
             grad_logits = logits.div_(norm)
-            grad_logits[torch.arange(len(chunk)), chunk_labels] -= 1
+            grad_logits[torch.arange(len(chunk), device=logits.device), chunk_labels] -= 1
             grad_logits = grad_logits.to(chunk.dtype)
             if rows_grad:
-                grad_rows[start : start + len(chunk)] = grad_logits @ weight
+                grad_rows[start:end] = grad_logits @ weight
             if weight_grad:
                 grad_weight += (grad_logits.t() @ chunk).float()
         ctx.save_for_backward(grad_rows, grad_weight)
